@@ -1,0 +1,513 @@
+/* The session page: the shared-memory clock of one Revati session.
+ *
+ * One file per session (created by revatid), mapped by revatid and by every participant:
+ *
+ *   page 0   clock      written by revatid only (participants map it read-only):
+ *                       V = base_virt + rate * (E - base_eff), read under a sequence lock,
+ *                       where E is the "effective" monotonic time: real monotonic time minus
+ *                       every interval during which some participant was frozen.
+ *   page 1   freeze     the union freeze: a count of participants inside Revati's own code,
+ *                       the start of the current frozen interval and the frozen total
+ *                       (written by participants under a spin lock, read under a sequence lock).
+ *   page 2+  slots      one 64-byte slot per participant: pid, threads running, activity
+ *                       counter and earliest virtual deadline, so that the timekeeper learns
+ *                       a participant's state without a round trip.
+ *
+ * Wake-ups: revatid bumps the `wake` word after each clock change and FUTEX_WAKEs it; a waiter
+ * sleeps on it with a real-time timeout equal to its remaining virtual time / rate.
+ *
+ * Hot paths (now, freeze enter/exit) are a handful of loads and one clock_gettime.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAGIC 0x31304b4c43545652ULL /* "RVTCLK01" */
+#define PAGE 4096
+#define SLOT_SIZE 64
+#define MAX_SLOTS 256
+#define FILE_SIZE (2 * PAGE + MAX_SLOTS * SLOT_SIZE)
+#define NO_DEADLINE INT64_MAX
+
+typedef struct {
+    uint64_t magic;
+    uint64_t seq;
+    int64_t base_virt;
+    int64_t base_eff;
+    double rate;
+    uint32_t wake;
+    uint32_t _pad;
+    int64_t origin_mono;  /* real monotonic ns at session creation: V=0 there */
+    int64_t origin_wall;  /* real wall-clock ns at session creation */
+} clock_hdr;
+
+typedef struct {
+    uint32_t lock;
+    uint32_t count;
+    uint64_t seq;
+    int64_t start;
+    int64_t total;
+    int64_t sections;
+} freeze_hdr;
+
+typedef struct {
+    uint32_t pid;
+    int32_t running;     /* threads of the process not inside a hooked wait */
+    uint64_t activity;   /* bumped at every state change */
+    int64_t deadline;    /* earliest virtual deadline of a hooked waiter, NO_DEADLINE if none */
+    int64_t waits;       /* hooked waits entered (statistics) */
+    uint8_t _rest[SLOT_SIZE - 32];
+} slot_t;
+
+static inline int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline int64_t wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+typedef struct {
+    PyObject_HEAD
+    char *base;       /* whole mapping */
+    clock_hdr *clk;
+    freeze_hdr *frz;
+    slot_t *slots;
+    int writer;
+    int64_t last;     /* the largest V this process has returned (monotonic clamp) */
+} PageObject;
+
+/* Effective monotonic time: real time minus frozen intervals. Frozen: stands still. */
+static inline int64_t effective(freeze_hdr *f, int64_t m) {
+    for (;;) {
+        uint64_t s1 = LOAD(&f->seq);
+        if (s1 & 1) continue;
+        uint32_t count = f->count;
+        int64_t start = f->start, total = f->total;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (LOAD(&f->seq) != s1) continue;
+        return count ? start - total : m - total;
+    }
+}
+
+static inline int64_t virt_at(PageObject *p, int64_t m, double *rate_out) {
+    clock_hdr *c = p->clk;
+    for (;;) {
+        uint64_t s1 = LOAD(&c->seq);
+        if (s1 & 1) continue;
+        int64_t bv = c->base_virt, be = c->base_eff;
+        double rate = c->rate;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (LOAD(&c->seq) != s1) continue;
+        int64_t e = effective(p->frz, m);
+        int64_t v = bv + (int64_t)(rate * (double)(e - be));
+        if (v < bv) v = bv;
+        if (rate_out) *rate_out = rate;
+        return v;
+    }
+}
+
+static inline int64_t virt_now(PageObject *p) {
+    int64_t v = virt_at(p, mono_ns(), NULL);
+    int64_t last = __atomic_load_n(&p->last, __ATOMIC_RELAXED);
+    while (v > last) {
+        if (__atomic_compare_exchange_n(&p->last, &last, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return v;
+    }
+    return v > last ? v : last;
+}
+
+static int futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
+    return (int)syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
+
+/* ------------------------------------------------------------------ object lifecycle */
+
+static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "writer", "create", "rate", NULL};
+    const char *path;
+    int writer = 0, create = 0;
+    double rate = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|ppd", kwlist, &path, &writer, &create, &rate))
+        return -1;
+    int fd = open(path, (writer || create) ? (O_RDWR | (create ? O_CREAT | O_EXCL : 0)) : O_RDWR,
+                  0600);
+    if (fd < 0) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        return -1;
+    }
+    if (create && ftruncate(fd, FILE_SIZE) != 0) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        close(fd);
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < FILE_SIZE) {
+        close(fd);
+        PyErr_Format(PyExc_ValueError, "%s is not a Revati session page", path);
+        return -1;
+    }
+    /* One reservation, then the clock page re-mapped read-only for participants. */
+    char *base = mmap(NULL, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base != MAP_FAILED && !writer && !create) {
+        if (mmap(base, PAGE, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
+            munmap(base, FILE_SIZE);
+            base = MAP_FAILED;
+        }
+    }
+    close(fd);
+    if (base == MAP_FAILED) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        return -1;
+    }
+    self->base = base;
+    self->clk = (clock_hdr *)base;
+    self->frz = (freeze_hdr *)(base + PAGE);
+    self->slots = (slot_t *)(base + 2 * PAGE);
+    self->writer = writer || create;
+    if (create) {
+        int64_t m = mono_ns();
+        self->clk->base_virt = 0;
+        self->clk->base_eff = m;
+        self->clk->rate = rate;
+        self->clk->origin_mono = m;
+        self->clk->origin_wall = wall_ns();
+        for (int i = 0; i < MAX_SLOTS; i++) self->slots[i].deadline = NO_DEADLINE;
+        STORE(&self->clk->magic, MAGIC);
+    } else if (LOAD(&self->clk->magic) != MAGIC) {
+        munmap(base, FILE_SIZE);
+        self->base = NULL;
+        PyErr_Format(PyExc_ValueError, "%s is not a Revati session page", path);
+        return -1;
+    }
+    self->last = INT64_MIN;
+    return 0;
+}
+
+static void Page_dealloc(PageObject *self) {
+    if (self->base) munmap(self->base, FILE_SIZE);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ------------------------------------------------------------------ readers (hot) */
+
+static PyObject *Page_now(PageObject *self, PyObject *unused) {
+    return PyLong_FromLongLong(virt_now(self));
+}
+
+/* Virtual monotonic and wall clocks, ns: the session origin plus virtual elapsed. */
+static PyObject *Page_monotonic_ns(PageObject *self, PyObject *unused) {
+    return PyLong_FromLongLong(self->clk->origin_mono + virt_now(self));
+}
+
+static PyObject *Page_monotonic(PageObject *self, PyObject *unused) {
+    return PyFloat_FromDouble((double)(self->clk->origin_mono + virt_now(self)) * 1e-9);
+}
+
+static PyObject *Page_time_ns(PageObject *self, PyObject *unused) {
+    return PyLong_FromLongLong(self->clk->origin_wall + virt_now(self));
+}
+
+static PyObject *Page_time(PageObject *self, PyObject *unused) {
+    return PyFloat_FromDouble((double)(self->clk->origin_wall + virt_now(self)) * 1e-9);
+}
+
+static PyObject *Page_origins(PageObject *self, PyObject *unused) {
+    return Py_BuildValue("LL", (long long)self->clk->origin_mono, (long long)self->clk->origin_wall);
+}
+
+/* ------------------------------------------------------------------ freeze (participants) */
+
+static inline void spin_lock(uint32_t *l) {
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) __builtin_ia32_pause();
+    }
+}
+
+static inline void spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
+    freeze_hdr *f = self->frz;
+    spin_lock(&f->lock);
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    if (f->count++ == 0) f->start = mono_ns();
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    spin_unlock(&f->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
+    freeze_hdr *f = self->frz;
+    spin_lock(&f->lock);
+    if (f->count == 0) {
+        spin_unlock(&f->lock);
+        PyErr_SetString(PyExc_RuntimeError, "freeze_exit without freeze_enter");
+        return NULL;
+    }
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    if (--f->count == 0) {
+        f->total += mono_ns() - f->start;
+        f->sections++;
+    }
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    spin_unlock(&f->lock);
+    Py_RETURN_NONE;
+}
+
+/* Release every freeze held by a participant that died inside one (revatid only). */
+static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
+    unsigned int n;
+    if (!PyArg_ParseTuple(args, "I", &n)) return NULL;
+    freeze_hdr *f = self->frz;
+    spin_lock(&f->lock);
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    if (n > f->count) n = f->count;
+    if (n && f->count == n) {
+        f->total += mono_ns() - f->start;
+        f->sections++;
+    }
+    f->count -= n;
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    spin_unlock(&f->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
+    freeze_hdr *f = self->frz;
+    int64_t m = mono_ns();
+    spin_lock(&f->lock);
+    int64_t total = f->total + (f->count ? m - f->start : 0);
+    uint32_t count = f->count;
+    int64_t sections = f->sections;
+    spin_unlock(&f->lock);
+    return Py_BuildValue("ILL", count, (long long)total, (long long)sections);
+}
+
+/* ------------------------------------------------------------------ clock writes (revatid) */
+
+static void publish(PageObject *self, int64_t base_virt, int64_t base_eff, double rate) {
+    clock_hdr *c = self->clk;
+    __atomic_add_fetch(&c->seq, 1, __ATOMIC_ACQ_REL);
+    c->base_virt = base_virt;
+    c->base_eff = base_eff;
+    c->rate = rate;
+    __atomic_add_fetch(&c->seq, 1, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&c->wake, 1, __ATOMIC_ACQ_REL);
+    futex(&c->wake, FUTEX_WAKE, INT32_MAX, NULL);
+}
+
+/* Jump forward to `target` (never backward): returns the virtual time before the jump. */
+static PyObject *Page_jump(PageObject *self, PyObject *args) {
+    long long target;
+    if (!PyArg_ParseTuple(args, "L", &target)) return NULL;
+    if (!self->writer) {
+        PyErr_SetString(PyExc_PermissionError, "only revatid writes the session clock");
+        return NULL;
+    }
+    int64_t m = mono_ns();
+    int64_t before = virt_at(self, m, NULL);
+    int64_t v = target > before ? target : before;
+    publish(self, v, effective(self->frz, m), self->clk->rate);
+    return PyLong_FromLongLong(before);
+}
+
+/* Change the rate from now on (continuous: no jump at the switch). */
+static PyObject *Page_set_rate(PageObject *self, PyObject *args) {
+    double rate;
+    if (!PyArg_ParseTuple(args, "d", &rate)) return NULL;
+    if (!self->writer || rate < 0) {
+        PyErr_SetString(PyExc_ValueError, "only revatid sets the rate, and it must be >= 0");
+        return NULL;
+    }
+    int64_t m = mono_ns();
+    publish(self, virt_at(self, m, NULL), effective(self->frz, m), rate);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Page_wake_all(PageObject *self, PyObject *unused) {
+    __atomic_add_fetch(&self->clk->wake, 1, __ATOMIC_ACQ_REL);
+    futex(&self->clk->wake, FUTEX_WAKE, INT32_MAX, NULL);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ waits (participants) */
+
+/* Sleep until virtual time >= deadline, or until `max_real_ns` real ns have passed (< 0:
+ * no cap), or until the wake word moves past `stop_wake` (>= 0). Releases the GIL. Each
+ * futex sleep is bounded by the remaining virtual time / rate, so time flowing at real rate
+ * wakes the sleeper too. Returns the virtual time on return. */
+static PyObject *Page_wait_until(PageObject *self, PyObject *args) {
+    long long deadline, max_real = -1, stop_wake = -1;
+    if (!PyArg_ParseTuple(args, "L|LL", &deadline, &max_real, &stop_wake)) return NULL;
+    int64_t v;
+    int64_t real_end = max_real >= 0 ? mono_ns() + max_real : INT64_MAX;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        uint32_t seen = LOAD(&self->clk->wake);
+        if (stop_wake >= 0 && seen != (uint32_t)stop_wake) { v = virt_now(self); break; }
+        double rate;
+        int64_t m = mono_ns();
+        v = virt_at(self, m, &rate);
+        if (v >= deadline || m >= real_end) break;
+        int64_t sleep_ns = 1000000; /* frozen or stopped clock: re-check each ms */
+        if (rate > 0 && LOAD(&self->frz->count) == 0) {
+            double s = (double)(deadline - v) / rate;
+            sleep_ns = s < 1e12 ? (int64_t)s + 1 : 1000000000000LL;
+        }
+        if (real_end - m < sleep_ns) sleep_ns = real_end - m;
+        struct timespec ts = {sleep_ns / 1000000000LL, sleep_ns % 1000000000LL};
+        futex(&self->clk->wake, FUTEX_WAIT, seen, &ts);
+    }
+    Py_END_ALLOW_THREADS
+    int64_t last = __atomic_load_n(&self->last, __ATOMIC_RELAXED);
+    return PyLong_FromLongLong(v > last ? v : last);
+}
+
+static PyObject *Page_wake_word(PageObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLong(LOAD(&self->clk->wake));
+}
+
+/* ------------------------------------------------------------------ slots */
+
+static slot_t *slot_arg(PageObject *self, int i) {
+    if (i < 0 || i >= MAX_SLOTS) {
+        PyErr_Format(PyExc_IndexError, "slot %d out of range", i);
+        return NULL;
+    }
+    return &self->slots[i];
+}
+
+static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {
+    int i, running;
+    unsigned int pid;
+    if (!PyArg_ParseTuple(args, "iIi", &i, &pid, &running)) return NULL;
+    slot_t *s = slot_arg(self, i);
+    if (!s) return NULL;
+    s->running = running;
+    s->deadline = NO_DEADLINE;
+    s->waits = 0;
+    __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
+    STORE(&s->pid, pid);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Page_slot_free(PageObject *self, PyObject *args) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    slot_t *s = slot_arg(self, i);
+    if (!s) return NULL;
+    STORE(&s->pid, 0);
+    s->running = 0;
+    s->deadline = NO_DEADLINE;
+    Py_RETURN_NONE;
+}
+
+/* A thread enters (delta=-1) or leaves (+1) a hooked wait, or starts (+1) / ends (-1). */
+static PyObject *Page_slot_running(PageObject *self, PyObject *args) {
+    int i, delta;
+    if (!PyArg_ParseTuple(args, "ii", &i, &delta)) return NULL;
+    slot_t *s = slot_arg(self, i);
+    if (!s) return NULL;
+    __atomic_add_fetch(&s->running, delta, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
+    if (delta < 0) s->waits++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Page_slot_deadline(PageObject *self, PyObject *args) {
+    int i;
+    long long deadline;
+    if (!PyArg_ParseTuple(args, "iL", &i, &deadline)) return NULL;
+    slot_t *s = slot_arg(self, i);
+    if (!s) return NULL;
+    STORE(&s->deadline, (int64_t)deadline);
+    __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
+    Py_RETURN_NONE;
+}
+
+/* (pid, running, activity, deadline, waits) for the timekeeper. */
+static PyObject *Page_slot_read(PageObject *self, PyObject *args) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    slot_t *s = slot_arg(self, i);
+    if (!s) return NULL;
+    return Py_BuildValue("IiKLL", LOAD(&s->pid), LOAD(&s->running),
+                         (unsigned long long)LOAD(&s->activity), (long long)LOAD(&s->deadline),
+                         (long long)s->waits);
+}
+
+static PyMethodDef Page_methods[] = {
+    {"now", (PyCFunction)Page_now, METH_NOARGS, "Virtual ns since the session began."},
+    {"monotonic", (PyCFunction)Page_monotonic, METH_NOARGS, "Virtual time.monotonic()."},
+    {"monotonic_ns", (PyCFunction)Page_monotonic_ns, METH_NOARGS, "Virtual monotonic_ns()."},
+    {"time", (PyCFunction)Page_time, METH_NOARGS, "Virtual time.time()."},
+    {"time_ns", (PyCFunction)Page_time_ns, METH_NOARGS, "Virtual time.time_ns()."},
+    {"origins", (PyCFunction)Page_origins, METH_NOARGS, "(origin_mono_ns, origin_wall_ns)."},
+    {"freeze_enter", (PyCFunction)Page_freeze_enter, METH_NOARGS, "Stop the session clock."},
+    {"freeze_exit", (PyCFunction)Page_freeze_exit, METH_NOARGS, "Let it run again."},
+    {"freeze_release", (PyCFunction)Page_freeze_release, METH_VARARGS, "Drop n freezes."},
+    {"freeze_stats", (PyCFunction)Page_freeze_stats, METH_NOARGS, "(count, frozen_ns, n)."},
+    {"jump", (PyCFunction)Page_jump, METH_VARARGS, "Jump forward to a virtual time."},
+    {"set_rate", (PyCFunction)Page_set_rate, METH_VARARGS, "Set the rate (dilation)."},
+    {"wake_all", (PyCFunction)Page_wake_all, METH_NOARGS, "Wake every waiter."},
+    {"wait_until", (PyCFunction)Page_wait_until, METH_VARARGS, "Sleep until a virtual time."},
+    {"wake_word", (PyCFunction)Page_wake_word, METH_NOARGS, "The futex word's value."},
+    {"slot_claim", (PyCFunction)Page_slot_claim, METH_VARARGS, "Take a slot (i, pid, running)."},
+    {"slot_free", (PyCFunction)Page_slot_free, METH_VARARGS, "Free a slot."},
+    {"slot_running", (PyCFunction)Page_slot_running, METH_VARARGS, "Add to the running count."},
+    {"slot_deadline", (PyCFunction)Page_slot_deadline, METH_VARARGS, "Publish a deadline."},
+    {"slot_read", (PyCFunction)Page_slot_read, METH_VARARGS, "Read a slot."},
+    {NULL}};
+
+static PyTypeObject PageType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "revati.adapters.clock._vclock.Page",
+    .tp_basicsize = sizeof(PageObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Page_init,
+    .tp_dealloc = (destructor)Page_dealloc,
+    .tp_methods = Page_methods,
+    .tp_doc = "A mapped Revati session page.",
+};
+
+static PyObject *mod_real_monotonic_ns(PyObject *m, PyObject *unused) {
+    return PyLong_FromLongLong(mono_ns());
+}
+
+static PyMethodDef module_methods[] = {
+    {"real_monotonic_ns", mod_real_monotonic_ns, METH_NOARGS, "CLOCK_MONOTONIC, ns."},
+    {NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_vclock",
+                                       "Revati session page (shared virtual clock).", -1,
+                                       module_methods};
+
+PyMODINIT_FUNC PyInit__vclock(void) {
+    if (PyType_Ready(&PageType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&PageType);
+    PyModule_AddObject(m, "Page", (PyObject *)&PageType);
+    PyModule_AddIntConstant(m, "MAX_SLOTS", MAX_SLOTS);
+    PyModule_AddIntConstant(m, "FILE_SIZE", FILE_SIZE);
+    PyModule_AddObject(m, "NO_DEADLINE", PyLong_FromLongLong(NO_DEADLINE));
+    return m;
+}
