@@ -10,7 +10,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-ROOTS = {"revatid": "revati.revatid", "adapters": "revati.adapters", "predictors": "revati.predictors"}
+ROOTS = {folder: f"revati.{folder}" for folder in ("revatid", "adapters", "predictors")}
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:

@@ -59,6 +59,7 @@ typedef struct {
     int64_t start;
     int64_t total;
     int64_t sections;
+    uint32_t quiesce;  /* futex word bumped when a participant's last running thread waits */
 } freeze_hdr;
 
 typedef struct {
@@ -67,7 +68,9 @@ typedef struct {
     uint64_t activity;   /* bumped at every state change */
     int64_t deadline;    /* earliest virtual deadline of a hooked waiter, NO_DEADLINE if none */
     int64_t waits;       /* hooked waits entered (statistics) */
-    uint8_t _rest[SLOT_SIZE - 32];
+    int32_t freezes;     /* freezes this participant holds now (released if it dies) */
+    uint32_t wake;       /* futex word: bumped after each clock change and by local pokes */
+    uint8_t _rest[SLOT_SIZE - 40];
 } slot_t;
 
 static inline int64_t mono_ns(void) {
@@ -92,6 +95,7 @@ typedef struct {
     freeze_hdr *frz;
     slot_t *slots;
     int writer;
+    int my_slot;      /* this participant's slot, -1 until claimed */
     int64_t last;     /* the largest V this process has returned (monotonic clamp) */
 } PageObject;
 
@@ -199,6 +203,7 @@ static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     self->last = INT64_MIN;
+    self->my_slot = -1;
     return 0;
 }
 
@@ -250,6 +255,7 @@ static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
     if (f->count++ == 0) f->start = mono_ns();
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
     spin_unlock(&f->lock);
     Py_RETURN_NONE;
 }
@@ -268,16 +274,21 @@ static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
         f->sections++;
     }
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    if (self->my_slot >= 0) self->slots[self->my_slot].freezes--;
     spin_unlock(&f->lock);
     Py_RETURN_NONE;
 }
 
 /* Release every freeze held by a participant that died inside one (revatid only). */
 static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
-    unsigned int n;
-    if (!PyArg_ParseTuple(args, "I", &n)) return NULL;
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    if (i < 0 || i >= MAX_SLOTS) return PyErr_Format(PyExc_IndexError, "slot %d", i);
     freeze_hdr *f = self->frz;
     spin_lock(&f->lock);
+    int held = self->slots[i].freezes;
+    self->slots[i].freezes = 0;
+    uint32_t n = held > 0 ? (uint32_t)held : 0;
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
     if (n > f->count) n = f->count;
     if (n && f->count == n) {
@@ -287,7 +298,7 @@ static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
     f->count -= n;
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
     spin_unlock(&f->lock);
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(n);
 }
 
 static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
@@ -312,6 +323,12 @@ static void publish(PageObject *self, int64_t base_virt, int64_t base_eff, doubl
     __atomic_add_fetch(&c->seq, 1, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&c->wake, 1, __ATOMIC_ACQ_REL);
     futex(&c->wake, FUTEX_WAKE, INT32_MAX, NULL);
+    for (int i = 0; i < MAX_SLOTS; i++) {
+        slot_t *s = &self->slots[i];
+        if (!LOAD(&s->pid)) continue;
+        __atomic_add_fetch(&s->wake, 1, __ATOMIC_ACQ_REL);
+        futex(&s->wake, FUTEX_WAKE, INT32_MAX, NULL);
+    }
 }
 
 /* Jump forward to `target` (never backward): returns the virtual time before the jump. */
@@ -342,26 +359,33 @@ static PyObject *Page_set_rate(PageObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Page_wake_all(PageObject *self, PyObject *unused) {
-    __atomic_add_fetch(&self->clk->wake, 1, __ATOMIC_ACQ_REL);
-    futex(&self->clk->wake, FUTEX_WAKE, INT32_MAX, NULL);
+/* Wake every sleeper of one slot (i >= 0) so that it re-reads its deadlines. */
+static PyObject *Page_poke(PageObject *self, PyObject *args) {
+    int i = -1;
+    if (!PyArg_ParseTuple(args, "|i", &i)) return NULL;
+    if (i < 0) i = self->my_slot;
+    if (i < 0 || i >= MAX_SLOTS) return PyErr_Format(PyExc_IndexError, "slot %d", i);
+    __atomic_add_fetch(&self->slots[i].wake, 1, __ATOMIC_ACQ_REL);
+    futex(&self->slots[i].wake, FUTEX_WAKE, INT32_MAX, NULL);
     Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------ waits (participants) */
 
 /* Sleep until virtual time >= deadline, or until `max_real_ns` real ns have passed (< 0:
- * no cap), or until the wake word moves past `stop_wake` (>= 0). Releases the GIL. Each
- * futex sleep is bounded by the remaining virtual time / rate, so time flowing at real rate
- * wakes the sleeper too. Returns the virtual time on return. */
+ * no cap), or until the wake word moves past `stop_wake` (>= 0). Sleeps on this process's
+ * slot word (the clock's word before a slot is claimed). Releases the GIL. Each futex sleep
+ * is bounded by the remaining virtual time / rate, so time flowing at real rate wakes the
+ * sleeper too. Returns the virtual time on return. */
 static PyObject *Page_wait_until(PageObject *self, PyObject *args) {
     long long deadline, max_real = -1, stop_wake = -1;
     if (!PyArg_ParseTuple(args, "L|LL", &deadline, &max_real, &stop_wake)) return NULL;
     int64_t v;
     int64_t real_end = max_real >= 0 ? mono_ns() + max_real : INT64_MAX;
+    uint32_t *word = self->my_slot >= 0 ? &self->slots[self->my_slot].wake : &self->clk->wake;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
-        uint32_t seen = LOAD(&self->clk->wake);
+        uint32_t seen = LOAD(word);
         if (stop_wake >= 0 && seen != (uint32_t)stop_wake) { v = virt_now(self); break; }
         double rate;
         int64_t m = mono_ns();
@@ -374,15 +398,37 @@ static PyObject *Page_wait_until(PageObject *self, PyObject *args) {
         }
         if (real_end - m < sleep_ns) sleep_ns = real_end - m;
         struct timespec ts = {sleep_ns / 1000000000LL, sleep_ns % 1000000000LL};
-        futex(&self->clk->wake, FUTEX_WAIT, seen, &ts);
+        futex(word, FUTEX_WAIT, seen, &ts);
     }
     Py_END_ALLOW_THREADS
     int64_t last = __atomic_load_n(&self->last, __ATOMIC_RELAXED);
     return PyLong_FromLongLong(v > last ? v : last);
 }
 
+/* revatid's watcher: sleep until some participant's last running thread waits, or timeout.
+ * Returns the quiesce word (pass it back as `seen`). Releases the GIL. */
+static PyObject *Page_wait_quiesce(PageObject *self, PyObject *args) {
+    unsigned int seen;
+    long long timeout_ns;
+    if (!PyArg_ParseTuple(args, "IL", &seen, &timeout_ns)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (LOAD(&self->frz->quiesce) == seen) {
+        struct timespec ts = {timeout_ns / 1000000000LL, timeout_ns % 1000000000LL};
+        futex(&self->frz->quiesce, FUTEX_WAIT, seen, &ts);
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromUnsignedLong(LOAD(&self->frz->quiesce));
+}
+
+static PyObject *Page_poke_quiesce(PageObject *self, PyObject *unused) {
+    __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
+    futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Page_wake_word(PageObject *self, PyObject *unused) {
-    return PyLong_FromUnsignedLong(LOAD(&self->clk->wake));
+    uint32_t *word = self->my_slot >= 0 ? &self->slots[self->my_slot].wake : &self->clk->wake;
+    return PyLong_FromUnsignedLong(LOAD(word));
 }
 
 /* ------------------------------------------------------------------ slots */
@@ -404,6 +450,8 @@ static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {
     s->running = running;
     s->deadline = NO_DEADLINE;
     s->waits = 0;
+    s->freezes = 0;
+    if (!self->writer) self->my_slot = i;
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
     STORE(&s->pid, pid);
     Py_RETURN_NONE;
@@ -426,10 +474,16 @@ static PyObject *Page_slot_running(PageObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "ii", &i, &delta)) return NULL;
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
-    __atomic_add_fetch(&s->running, delta, __ATOMIC_ACQ_REL);
+    int32_t now = __atomic_add_fetch(&s->running, delta, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
-    if (delta < 0) s->waits++;
-    Py_RETURN_NONE;
+    if (delta < 0) {
+        s->waits++;
+        if (now <= 0) {
+            __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
+            futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+        }
+    }
+    return PyLong_FromLong(now);
 }
 
 static PyObject *Page_slot_deadline(PageObject *self, PyObject *args) {
@@ -440,18 +494,22 @@ static PyObject *Page_slot_deadline(PageObject *self, PyObject *args) {
     if (!s) return NULL;
     STORE(&s->deadline, (int64_t)deadline);
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
+    if (LOAD(&s->running) <= 0) {
+        __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
+        futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+    }
     Py_RETURN_NONE;
 }
 
-/* (pid, running, activity, deadline, waits) for the timekeeper. */
+/* (pid, running, activity, deadline, waits, freezes) for the timekeeper. */
 static PyObject *Page_slot_read(PageObject *self, PyObject *args) {
     int i;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
-    return Py_BuildValue("IiKLL", LOAD(&s->pid), LOAD(&s->running),
+    return Py_BuildValue("IiKLLi", LOAD(&s->pid), LOAD(&s->running),
                          (unsigned long long)LOAD(&s->activity), (long long)LOAD(&s->deadline),
-                         (long long)s->waits);
+                         (long long)s->waits, s->freezes);
 }
 
 static PyMethodDef Page_methods[] = {
@@ -463,13 +521,15 @@ static PyMethodDef Page_methods[] = {
     {"origins", (PyCFunction)Page_origins, METH_NOARGS, "(origin_mono_ns, origin_wall_ns)."},
     {"freeze_enter", (PyCFunction)Page_freeze_enter, METH_NOARGS, "Stop the session clock."},
     {"freeze_exit", (PyCFunction)Page_freeze_exit, METH_NOARGS, "Let it run again."},
-    {"freeze_release", (PyCFunction)Page_freeze_release, METH_VARARGS, "Drop n freezes."},
+    {"freeze_release", (PyCFunction)Page_freeze_release, METH_VARARGS, "Drop a slot's freezes."},
     {"freeze_stats", (PyCFunction)Page_freeze_stats, METH_NOARGS, "(count, frozen_ns, n)."},
     {"jump", (PyCFunction)Page_jump, METH_VARARGS, "Jump forward to a virtual time."},
     {"set_rate", (PyCFunction)Page_set_rate, METH_VARARGS, "Set the rate (dilation)."},
-    {"wake_all", (PyCFunction)Page_wake_all, METH_NOARGS, "Wake every waiter."},
+    {"poke", (PyCFunction)Page_poke, METH_VARARGS, "Wake a slot's sleepers."},
     {"wait_until", (PyCFunction)Page_wait_until, METH_VARARGS, "Sleep until a virtual time."},
     {"wake_word", (PyCFunction)Page_wake_word, METH_NOARGS, "The futex word's value."},
+    {"wait_quiesce", (PyCFunction)Page_wait_quiesce, METH_VARARGS, "Watcher sleep."},
+    {"poke_quiesce", (PyCFunction)Page_poke_quiesce, METH_NOARGS, "Wake the watcher."},
     {"slot_claim", (PyCFunction)Page_slot_claim, METH_VARARGS, "Take a slot (i, pid, running)."},
     {"slot_free", (PyCFunction)Page_slot_free, METH_VARARGS, "Free a slot."},
     {"slot_running", (PyCFunction)Page_slot_running, METH_VARARGS, "Add to the running count."},

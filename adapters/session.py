@@ -1,0 +1,247 @@
+"""Joining a session from inside an emulated process, and the GPU link to revatid.
+
+`boot()` runs at interpreter start in every Python process started under `revatictl run` (the
+boot directory's sitecustomize calls it):
+  REVATI_SESSION set  join it now: map the session page, hook the clock, and install virtual
+                      CUDA when (and if) torch is imported;
+  only REVATI_HOOKS   stay dormant on real time, listening for `revatictl attach`;
+  neither             do nothing (the boot directory is not on the path anyway).
+Forked children join as participants of their own.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import msgpack
+from revati.adapters import gpu_link
+from revati.adapters.clock import hooks
+from revati.adapters.clock.runtime import VirtualClock
+from revati.predictors.launch import LaunchEvent
+from revati.revatid.client import Client
+
+ENV_SOCKET = "REVATI_SOCKET"
+ENV_SESSION = "REVATI_SESSION"
+ENV_HOOKS = "REVATI_HOOKS"
+ENV_ROLE = "REVATI_ROLE"
+ENV_NAME = "REVATI_NAME"
+ENV_CUDA = "REVATI_CUDA"  # "0": never install virtual CUDA in this process tree
+
+FLUSH_ITEMS = 256  # launches buffered before a batch goes to revatid
+MAX_UNREAD = 512  # pipelined batches whose replies we have not read yet
+
+
+class Participant:
+    """This process's membership: its connection, slot and clock."""
+
+    def __init__(self, socket_path: str, session: str, role: str, name: str) -> None:
+        self.socket_path = socket_path
+        self.session_id = session
+        self.role = role
+        self.name = name
+        self.lock = threading.Lock()  # one connection, shared by every thread
+        self.client, reply = self._join()
+        self.session = reply["session"]
+        running = sum(1 for t in threading.enumerate() if not getattr(t, "_revati_internal", 0))
+        self.clock = VirtualClock(reply["page"], reply["slot"], running)
+
+    def _join(self) -> tuple[Client, dict[str, Any]]:
+        client = Client(self.socket_path)
+        reply = client.request("session.join", session=self.session_id, pid=os.getpid(),
+                               role=self.role, name=self.name)
+        return client, reply
+
+    def rejoin_after_fork(self) -> None:
+        self.lock = threading.Lock()
+        self.client.sock.close()  # the parent's connection: only our copy of the fd
+        self.client, reply = self._join()
+        self.clock.rebind(reply["slot"])
+
+
+class SessionLink:
+    """GpuLink over the participant's connection (see revati.adapters.gpu_link)."""
+
+    def __init__(self, member: Participant) -> None:
+        self.member = member
+        self.clock = member.clock
+        self.now_ns = member.clock.now_ns
+        self.buf: list[tuple] = []
+
+    def freeze(self) -> AbstractContextManager[None]:
+        return self.clock.freeze()
+
+    def launch(self, ev: LaunchEvent) -> None:
+        self.buf.append((0, *ev))
+        if len(self.buf) >= FLUSH_ITEMS:
+            self._flush()
+
+    def record_event(self, device: int, stream: int, event_id: int) -> None:
+        self.buf.append((1, device, stream, event_id))
+
+    def stream_wait_event(self, device: int, stream: int, event_id: int) -> None:
+        self.buf.append((2, device, stream, event_id))
+
+    def collective(self, ev: LaunchEvent, group: str, rank: int) -> None:
+        self.buf.append((3, group, rank, *ev))
+
+    def _flush(self) -> None:
+        if not self.buf:
+            return
+        batch, self.buf = self.buf, []
+        m = self.member
+        with self.clock.freeze(), m.lock:
+            m.client.send("gpu.launch", batch=batch)
+            if m.client._outstanding > MAX_UNREAD:
+                m.client.request("ping")
+
+    def _request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        m = self.member
+        with m.lock:
+            return m.client.request(kind, **fields)
+
+    def register_graph(self, events: list[LaunchEvent]) -> int:
+        with self.clock.freeze():
+            self._flush()
+            return self._request("gpu.graph", events=[list(e) for e in events])["graph"]
+
+    def _wait(self, kind: str, **fields: Any) -> int:
+        with self.clock.freeze():
+            self._flush()
+            reply = self._request(kind, **fields)
+        if reply.get("pending"):
+            # A collective whose other ranks have not arrived: wait for them, unfrozen.
+            with self.clock.waiting():
+                reply = self._request(kind, wait=True, **fields)
+        ready = reply["ready_ns"]
+        if ready > self.clock.now_ns():
+            self.clock.sleep_until(ready)
+        return self.clock.now_ns()
+
+    def synchronize(self, device: int, stream: int | None) -> int:
+        return self._wait("gpu.sync", device=device, stream=stream)
+
+    def synchronize_event(self, event_id: int) -> int:
+        return self._wait("gpu.sync_event", event=event_id)
+
+    def event_time_ns(self, event_id: int) -> int | None:
+        with self.clock.freeze():
+            self._flush()
+            return self._request("gpu.event_time", event=event_id)["t_ns"]
+
+
+_member: Participant | None = None
+
+
+def member() -> Participant | None:
+    return _member
+
+
+def join(socket_path: str, session: str, role: str | None = None, name: str | None = None,
+         ) -> Participant:
+    """Join `session`: hook the clock, and arrange virtual CUDA for when torch is imported."""
+    global _member
+    if _member is not None:
+        return _member
+    role = role or os.environ.get(ENV_ROLE, "observer")
+    name = name or os.environ.get(ENV_NAME) or os.path.basename(sys.argv[0] or "python")
+    _member = Participant(socket_path, session, role, name)
+    hooks.install(_member.clock)
+    os.register_at_fork(after_in_child=_after_fork)
+    if os.environ.get(ENV_CUDA, "1") != "0":
+        _when_imported("torch", _install_cuda)
+    return _member
+
+
+def _after_fork() -> None:
+    if _member is not None:
+        _member.rejoin_after_fork()
+
+
+def _install_cuda(_torch: Any) -> None:
+    from revati.adapters import cuda
+
+    assert _member is not None
+    link = SessionLink(_member)
+    gpu_link.install(link)
+    cuda.install(_member.session["gpu"], _member.session["num_gpus"], link=link)
+
+
+class _PostImport(importlib.abc.MetaPathFinder):
+    """Runs a callback right after a module's first import (torch, for virtual CUDA)."""
+
+    def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
+        self.name = name
+        self.callback = callback
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+        callback = self.callback
+
+        def exec_and_hook(module: Any) -> None:
+            exec_module(module)
+            callback(module)
+
+        spec.loader.exec_module = exec_and_hook  # type: ignore[method-assign]
+        return spec
+
+
+def _when_imported(name: str, callback: Callable[[Any], None]) -> None:
+    if name in sys.modules:
+        callback(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _PostImport(name, callback))
+
+
+# -- dormant processes and attach
+def _listen_for_attach() -> None:
+    from revati.revatid.attach import address
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(address(os.getpid()))
+    except OSError:
+        return
+
+    def serve() -> None:
+        while _member is None:
+            data = sock.recv(4096)
+            try:
+                msg = msgpack.unpackb(data)
+                join(msg["socket"], msg["session"])
+            except Exception as exc:
+                print(f"revati: attach failed: {exc}", file=sys.stderr)
+        sock.close()
+
+    t = threading.Thread(target=serve, name="revati-attach", daemon=True)
+    t._revati_internal = True  # type: ignore[attr-defined]
+    t.start()
+
+
+def boot() -> None:
+    """Called at interpreter start (sitecustomize) in processes started by Revati."""
+    session = os.environ.get(ENV_SESSION)
+    if session:
+        from revati.revatid.paths import default_socket
+
+        try:
+            join(os.environ.get(ENV_SOCKET) or str(default_socket()), session)
+        except Exception as exc:
+            print(f"revati: could not join session {session}: {exc}; this process runs on "
+                  "real time, unemulated", file=sys.stderr)
+    elif os.environ.get(ENV_HOOKS):
+        _listen_for_attach()
+        os.register_at_fork(after_in_child=_listen_for_attach)

@@ -1,0 +1,91 @@
+"""A small blocking client for revatid, used by revatictl and by participants.
+
+Requests may be pipelined with `send()`: their replies are read (and their errors raised) by
+the next `request()`, in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from revati.revatid.protocol import HEADER, PROTOCOL_VERSION, pack
+
+
+class DaemonError(Exception):
+    """An error reply from revatid."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class NotRunning(ConnectionError):
+    """No daemon listens on the socket."""
+
+
+class Client:
+    def __init__(self, path: str | Path, timeout: float | None = None) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self.sock.close()
+            raise NotRunning(f"revatid is not running (no daemon on {self.path}): start it with "
+                             "`revatid`, or its systemd socket") from exc
+        self._ids = itertools.count(1)
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self._outstanding = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        """Send a request without waiting for its reply."""
+        self.sock.sendall(pack({"v": PROTOCOL_VERSION, "type": kind, "id": next(self._ids),
+                                **fields}))
+        self._outstanding += 1
+
+    def _read_reply(self) -> dict[str, Any]:
+        header = self._recv_exact(4)
+        (size,) = HEADER.unpack(header)
+        return msgpack.unpackb(self._recv_exact(size), raw=False, strict_map_key=False)
+
+    def _recv_exact(self, n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            chunk = self.sock.recv(n - got)
+            if not chunk:
+                raise ConnectionError("revatid closed the connection")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Send a request and return its reply's fields. Raises DaemonError for an error
+        reply, to it or to a request pipelined before it."""
+        self.send(kind, **fields)
+        earlier_error = None
+        while True:
+            reply = self._read_reply()
+            self._outstanding -= 1
+            error = None
+            if reply.get("type") == "error":
+                error = DaemonError(reply.get("code", "?"), reply.get("message", ""))
+            if self._outstanding == 0:
+                if earlier_error is not None or error is not None:
+                    raise earlier_error or error  # type: ignore[misc]
+                return reply
+            earlier_error = earlier_error or error

@@ -1,0 +1,238 @@
+"""`revatictl`: control revatid, and run commands inside emulation sessions."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from revati.revatid.client import Client, DaemonError, NotRunning
+from revati.revatid.paths import default_socket
+
+
+def boot_dir() -> Path:
+    """The folder whose sitecustomize makes Python processes join a session."""
+    import revati.adapters
+
+    return Path(revati.adapters.__file__).parent / "boot"
+
+
+def hook_env(socket_path: str, session: str | None, base: dict[str, str] | None = None,
+             ) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(boot_dir()), env.get("PYTHONPATH")) if p)
+    env["REVATI_HOOKS"] = "1"
+    env["REVATI_SOCKET"] = socket_path
+    if session:
+        env["REVATI_SESSION"] = session
+    else:
+        env.pop("REVATI_SESSION", None)
+    return env
+
+
+@contextlib.contextmanager
+def daemon_for_run(socket_path: str | None) -> Iterator[str]:
+    """The daemon to use: the one listening, or a private one for the duration of the run."""
+    path = socket_path or str(default_socket())
+    try:
+        Client(path, timeout=5).close()
+    except NotRunning:
+        pass
+    else:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="revati-") as tmp:
+        private = os.path.join(tmp, "revatid.sock")
+        read_fd, write_fd = os.pipe()
+        log = open(os.path.join(tmp, "revatid.log"), "wb")  # noqa: SIM115 - lives for the run
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "revati.revatid.main", "--socket", private,
+             "--ready-fd", str(write_fd), "--log-level", os.environ.get("REVATI_LOG_LEVEL",
+                                                                         "warning")],
+            pass_fds=(write_fd,), stdout=log, stderr=log,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REVATI_")})
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            line = ready.readline()
+        if line.strip() != b"ready":
+            proc.kill()
+            log.close()
+            raise SystemExit("revatictl: the private revatid did not start:\n"
+                             + Path(log.name).read_text(errors="replace")[-2000:])
+        try:
+            yield private
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def _print(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else text)
+
+
+def _session_line(s: dict[str, Any]) -> str:
+    c = s["counters"]
+    return (f"{s['id']}  {s['state']:<7} {s['num_gpus']}x {s['gpu']:<10} "
+            f"participants={len(s['participants'])} virtual={c['virtual_s']:.3f}s "
+            f"wall={c['wall_s']:.3f}s jumps={c['jumps']} launches={c['launches']}")
+
+
+def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
+    c = s["counters"]
+    lines = [
+        f"revati session {s['id']}: {s['num_gpus']}x {s.get('gpu_name', s['gpu'])}"
+        + (f", command exited {exit_code}" if exit_code is not None else ""),
+        f"  virtual elapsed  {c['virtual_s']:10.3f} s",
+        f"  wall elapsed     {c['wall_s']:10.3f} s",
+        f"  speed-up         {c['speedup']:10.2f} x",
+        f"  jumps            {c['jumps']:10d}   ({c['jumped_s']:.3f} s of virtual time skipped)",
+        f"  real-time flow   {c['flowed_s']:10.3f} s   (virtual time that passed at real rate)",
+        f"  frozen           {c['frozen_s']:10.3f} s   (Revati's own overhead, kept out)",
+        f"  kernel launches  {c['launches']:10d}   collectives {c['collectives']}",
+        f"  quiescence seen  {c['quiescence_by_hook']} by hooks, {c['quiescence_by_proc']} "
+        "by /proc (unhooked waits)",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("revatictl run: give a command after --")
+    options: dict[str, Any] = {"rate": args.cpu_dilation, "grace_us": args.grace_us,
+                               "seed": args.seed, "name": Path(command[0]).name}
+    if args.fixed_ns is not None:
+        options["fixed_ns"] = args.fixed_ns
+    with daemon_for_run(args.socket) as sock:
+        with Client(sock) as c:
+            session = c.request("session.create", gpu=args.gpu, num_gpus=args.num_gpus,
+                                options=options)["session"]
+        sid = session["id"]
+        proc = subprocess.Popen(command, env=hook_env(sock, sid))
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait()
+        with Client(sock) as c:
+            if args.trace:
+                trace = c.request("trace", session=sid)["trace"]
+                Path(args.trace).write_text(json.dumps(trace))
+            final = c.request("session.stop", session=sid)["session"]
+    print(summary_text(final, code), file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"exit_code": code, **final}, indent=2,
+                                              default=str))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="revatictl", description="Control the Revati daemon")
+    ap.add_argument("--socket", help="daemon socket (default: $REVATI_SOCKET or "
+                    "$XDG_RUNTIME_DIR/revati/revatid.sock)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    for name, helptext in (("ping", "is the daemon alive?"), ("sessions", "list sessions")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--json", action="store_true")
+    for name, helptext in (("status", "one session's state"), ("stop", "end a session")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("id")
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("trace", help="write a session's Chrome/Perfetto trace JSON")
+    p.add_argument("id")
+    p.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("run", help="run a command in a new emulation session")
+    p.add_argument("--gpu", default="h100", help="GPU SKU (default h100)")
+    p.add_argument("--num-gpus", type=int, default=1)
+    p.add_argument("--cpu-dilation", type=float, default=1.0,
+                   help="virtual seconds per real second of CPU work (default 1)")
+    p.add_argument("--grace-us", type=float, default=200.0,
+                   help="quiescence must hold this long before a jump (default 200)")
+    p.add_argument("--fixed-ns", type=int, help="predict every kernel at this duration (tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the session summary as JSON here")
+    p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("attach", help="move a running process tree onto a session's clock")
+    p.add_argument("pid", type=int)
+    p.add_argument("--session", required=True)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("env", help="print the environment that makes Python processes "
+                       "attachable (or join --session at start)")
+    p.add_argument("--session")
+
+    p = sub.add_parser("predictors", help="train, list and evaluate kernel predictors")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    args = ap.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except NotRunning as exc:
+        print(f"revatictl: {exc}", file=sys.stderr)
+        return 2
+    except DaemonError as exc:
+        print(f"revatictl: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "run":
+        return cmd_run(args)
+    if args.cmd == "predictors":
+        from revati.predictors.cli import main as predictors_main
+
+        return predictors_main(args.args)
+    sock = args.socket or str(default_socket())
+    if args.cmd == "env":
+        env = hook_env(sock, args.session, base={})
+        for key in ("PYTHONPATH", "REVATI_HOOKS", "REVATI_SOCKET", "REVATI_SESSION"):
+            if key in env:
+                print(f"export {key}={env[key]}")
+        return 0
+    with Client(sock, timeout=30) as c:
+        if args.cmd == "ping":
+            t0 = time.perf_counter()
+            r = c.request("ping")
+            r["rtt_ms"] = (time.perf_counter() - t0) * 1e3
+            _print(r, args.json, f"revatid pid {r['pid']} protocol v{r['version']}, "
+                   f"{r['sessions']} sessions, {r['rtt_ms']:.2f} ms")
+        elif args.cmd == "sessions":
+            ss = c.request("session.list")["sessions"]
+            _print(ss, args.json, "\n".join(map(_session_line, ss)) or "no sessions")
+        elif args.cmd == "status":
+            s = c.request("session.status", session=args.id)["session"]
+            _print(s, args.json, _session_line(s) + "\n" + summary_text(s))
+        elif args.cmd == "stop":
+            s = c.request("session.stop", session=args.id)["session"]
+            _print(s, args.json, summary_text(s))
+        elif args.cmd == "trace":
+            trace = c.request("trace", session=args.id)["trace"]
+            Path(args.output).write_text(json.dumps(trace))
+            print(f"wrote {len(trace['traceEvents'])} trace events to {args.output}")
+        elif args.cmd == "attach":
+            r = c.request("session.attach", session=args.session, pid=args.pid)
+            _print(r, args.json, f"attached {', '.join(map(str, r['attached']))} to session "
+                   f"{args.session}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

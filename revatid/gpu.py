@@ -1,0 +1,228 @@
+"""The virtual GPUs of one session: stream timelines, events, collectives and graphs.
+
+Every launch on a stream starts at max(stream ready, launch time) and makes the stream ready
+`predicted duration` later. A collective blocks its stream until every rank of its group has
+arrived; it then completes on every rank at max(arrival) + duration (DESIGN rule 5). Items
+queued behind a blocked stream wait in order and run when it is released.
+
+Streams are keyed by (pid, device, stream): each process owns its streams; streams of one
+device run concurrently (no contention model between them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from revati.predictors.launch import Family, LaunchEvent
+from revati.revatid.protocol import ITEM_COLLECTIVE, ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT
+from revati.revatid.trace import Trace
+
+
+class Predictor(Protocol):
+    def predict(self, events: Sequence[LaunchEvent]) -> list[int]: ...
+
+
+class BadBatch(ValueError):
+    """A launch batch item that does not follow the protocol."""
+
+
+@dataclass
+class Stream:
+    ready: int = 0
+    blocked: deque = field(default_factory=deque)  # items waiting behind a dependency
+
+
+@dataclass
+class Rendezvous:
+    ranks: int
+    duration: int = 0
+    arrivals: dict[int, tuple[tuple[int, int, int], int, str]] = field(default_factory=dict)
+
+
+StreamKey = tuple[int, int, int]  # pid, device, stream
+
+
+class GpuTimeline:
+    def __init__(self, predictor: Predictor, trace: Trace) -> None:
+        self.predictor = predictor
+        self.trace = trace
+        self.streams: dict[StreamKey, Stream] = {}
+        self.events: dict[tuple[int, int], int | None] = {}  # None: pending
+        self.rendezvous: dict[tuple[str, int], Rendezvous] = {}
+        self.group_seq: dict[tuple[int, str], int] = {}
+        self.graphs: dict[tuple[int, int], int] = {}  # (pid, graph id) -> duration ns
+        self.launches = 0
+        self.collectives = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Called after a blocked stream or pending event resolves."""
+        self._listeners.append(callback)
+
+    # -- input
+    def submit(self, pid: int, batch: list[Any]) -> None:
+        items, launches = [], []
+        for item in batch:
+            ev, parsed = _parse(item)
+            items.append(parsed)
+            if ev is not None:
+                launches.append(ev)
+        durations = iter(self._durations(pid, launches))
+        resolved = False
+        for parsed in items:
+            kind = parsed[0]
+            if kind in (ITEM_LAUNCH, ITEM_COLLECTIVE):
+                parsed = (*parsed, next(durations))
+            resolved |= self._apply(pid, parsed)
+        if resolved:
+            self._notify()
+
+    def register_graph(self, pid: int, events: list[Any]) -> int:
+        parsed = [_parse([ITEM_LAUNCH, *e])[0] for e in events]
+        graph_id = sum(1 for key in self.graphs if key[0] == pid) + 1
+        self.graphs[(pid, graph_id)] = sum(self._durations(pid, parsed))  # type: ignore[arg-type]
+        return graph_id
+
+    def _durations(self, pid: int, events: list[LaunchEvent]) -> list[int]:
+        plain = [e for e in events if e.family != Family.GRAPH]
+        predicted = iter(self.predictor.predict(plain)) if plain else iter(())
+        out = []
+        for e in events:
+            if e.family == Family.GRAPH:
+                out.append(self.graphs.get((pid, e.feats[0]), 0))
+            else:
+                out.append(max(0, int(next(predicted))))
+        self.launches += len(events)
+        return out
+
+    # -- the stream model
+    def _stream(self, key: StreamKey) -> Stream:
+        s = self.streams.get(key)
+        if s is None:
+            s = self.streams[key] = Stream()
+        return s
+
+    def _apply(self, pid: int, item: tuple) -> bool:
+        """Apply one item; returns True when something that others wait for resolved."""
+        kind = item[0]
+        key = (pid, item[1], item[2])
+        s = self._stream(key)
+        if s.blocked:
+            s.blocked.append(item)
+            if kind == ITEM_RECORD:
+                self.events[(pid, item[3])] = None
+            return False
+        return self._run(pid, key, s, item)
+
+    def _run(self, pid: int, key: StreamKey, s: Stream, item: tuple) -> bool:
+        kind = item[0]
+        if kind == ITEM_LAUNCH:
+            _, device, stream, ev, dur = item
+            start = max(s.ready, ev.t_ns)
+            s.ready = start + dur
+            self.trace.kernel(pid, device, stream, ev, start, dur)
+            return False
+        if kind == ITEM_RECORD:
+            self.events[(pid, item[3])] = s.ready
+            return True
+        if kind == ITEM_WAIT:
+            t = self.events.get((pid, item[3]), 0)
+            if t is None:
+                s.blocked.append(item)
+                return False
+            s.ready = max(s.ready, t)
+            return False
+        # collective
+        _, device, stream, group, rank, ev, dur = item
+        seq_key = (pid, group)
+        seq = self.group_seq.get(seq_key, 0)
+        self.group_seq[seq_key] = seq + 1
+        rv = self.rendezvous.setdefault((group, seq), Rendezvous(ranks=max(1, ev.feats[2])))
+        rv.duration = max(rv.duration, dur)
+        rv.arrivals[rank] = (key, max(s.ready, ev.t_ns), ev.op)
+        s.blocked.append(("collective", group, seq))
+        if len(rv.arrivals) < rv.ranks:
+            return False
+        self._complete(group, seq, rv)
+        return True
+
+    def _complete(self, group: str, seq: int, rv: Rendezvous) -> None:
+        del self.rendezvous[(group, seq)]
+        start = max(arrival for _, arrival, _ in rv.arrivals.values())
+        end = start + rv.duration
+        self.collectives += 1
+        for rank, (key, arrival, op) in rv.arrivals.items():
+            self.trace.collective(key, op, group, rank, arrival, start, rv.duration)
+            s = self.streams[key]
+            s.blocked.popleft()  # the collective marker
+            s.ready = max(s.ready, end)
+            self._drain(key, s)
+
+    def _drain(self, key: StreamKey, s: Stream) -> None:
+        while s.blocked and s.blocked[0][0] != "collective":
+            item = s.blocked.popleft()
+            if item[0] == ITEM_WAIT and self.events.get((key[0], item[3]), 0) is None:
+                s.blocked.appendleft(item)
+                return
+            self._run(key[0], key, s, item)
+
+    def _notify(self) -> None:
+        # A resolved event may release streams waiting on it.
+        for key, s in self.streams.items():
+            if s.blocked and s.blocked[0][0] == ITEM_WAIT:
+                self._drain(key, s)
+        for callback in self._listeners:
+            callback()
+
+    # -- queries
+    def stream_ready(self, pid: int, device: int, stream: int | None) -> int | None:
+        """Ready time of one stream (None: every stream of the device); None while blocked."""
+        if stream is not None:
+            s = self.streams.get((pid, device, stream))
+            if s is None:
+                return 0
+            return None if s.blocked else s.ready
+        ready = 0
+        for (p, d, _), s in self.streams.items():
+            if p == pid and d == device:
+                if s.blocked:
+                    return None
+                ready = max(ready, s.ready)
+        return ready
+
+    def event_time(self, pid: int, event_id: int) -> int | None:
+        return self.events.get((pid, event_id), 0)
+
+    def forget(self, pid: int) -> None:
+        """A process left: drop its streams; collectives it will never join stay pending."""
+        for key in [k for k in self.streams if k[0] == pid]:
+            del self.streams[key]
+        for key in [k for k in self.events if k[0] == pid]:
+            del self.events[key]
+
+
+def _parse(item: Any) -> tuple[LaunchEvent | None, tuple]:
+    """Check one batch item; returns (launch event or None, normalised item)."""
+    try:
+        kind = item[0]
+        if kind == ITEM_LAUNCH:
+            _, family, op, dtype, device, stream, t_ns, feats = item
+            ev = LaunchEvent(Family(family), str(op), str(dtype), int(device), int(stream),
+                             int(t_ns), tuple(int(f) for f in feats))
+            return ev, (ITEM_LAUNCH, ev.device, ev.stream, ev)
+        if kind in (ITEM_RECORD, ITEM_WAIT):
+            _, device, stream, event_id = item
+            return None, (kind, int(device), int(stream), int(event_id))
+        if kind == ITEM_COLLECTIVE:
+            _, group, rank, family, op, dtype, device, stream, t_ns, feats = item
+            ev = LaunchEvent(Family(family), str(op), str(dtype), int(device), int(stream),
+                             int(t_ns), tuple(int(f) for f in feats))
+            if ev.family != Family.COLLECTIVE or len(ev.feats) < 3:
+                raise ValueError("collective items need family COLLECTIVE and (kind, bytes, ranks)")
+            return ev, (ITEM_COLLECTIVE, ev.device, ev.stream, str(group), int(rank), ev)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise BadBatch(f"bad launch item {item!r:.200}: {exc}") from None
+    raise BadBatch(f"unknown launch item kind {item!r:.100}")

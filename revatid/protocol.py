@@ -1,0 +1,140 @@
+"""The revatid wire protocol, version 1.
+
+Transport: a Unix stream socket. Each message is a frame: a 4-byte big-endian length, then
+that many bytes of msgpack encoding a map. Frames larger than MAX_FRAME are refused (the
+connection is closed after an error reply, since the rest of the stream cannot be trusted).
+
+Every request carries:   v (int, PROTOCOL_VERSION), type (str), id (int, chosen by the client)
+Every request gets exactly one reply, in order on its connection:
+    {"v": 1, "id": <id>, "type": "ok", ...result fields}
+    {"v": 1, "id": <id>, "type": "error", "code": <ErrorCode>, "message": <str>}
+
+Requests (fields beyond v/type/id; `?` = optional) -> reply fields:
+
+  ping                                              -> version, pid, sessions
+  session.create   gpu?, num_gpus?, options?        -> session (a SessionInfo map)
+  session.list                                      -> sessions (list of SessionInfo)
+  session.status   session                          -> session
+  session.stop     session                          -> session
+  session.join     session, pid, role, name?        -> slot, page, session
+      The connection becomes the participant's; closing it leaves the session.
+  session.attach   session, pid                     -> attached (list of pids moved onto the clock)
+  gpu.launch       batch (list of items, see below) -> (nothing); pipelined, replied in order
+  gpu.sync         device, stream (int | None)      -> ready_ns
+  gpu.event_time   event                            -> t_ns (int | None while pending)
+  gpu.sync_event   event                            -> ready_ns (replied once the event resolves)
+  gpu.graph        events                           -> graph
+  trace            session                          -> trace (Chrome trace JSON object)
+
+gpu.launch batch items (tuples, packed as arrays):
+  [0, family, op, dtype, device, stream, t_ns, feats]   a kernel launch (LaunchEvent fields)
+  [1, device, stream, event_id]                         record an event on a stream
+  [2, device, stream, event_id]                         stream waits for an event
+  [3, group, rank, family, op, dtype, device, stream, t_ns, feats]   a collective launch
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024  # 64 MiB: a large launch batch or a session trace fits
+HEADER = struct.Struct(">I")
+
+ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT, ITEM_COLLECTIVE = 0, 1, 2, 3
+
+
+class ErrorCode(StrEnum):
+    BAD_FRAME = "bad_frame"  # not msgpack, not a map, or over MAX_FRAME
+    BAD_REQUEST = "bad_request"  # missing or wrong-typed fields
+    BAD_VERSION = "bad_version"
+    UNKNOWN_TYPE = "unknown_type"
+    NO_SESSION = "no_session"
+    NOT_JOINED = "not_joined"  # a participant-only request on a plain connection
+    UNKNOWN_GPU = "unknown_gpu"
+    NO_PROCESS = "no_process"
+    SESSION_FULL = "session_full"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request that gets an error reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# Each request's required fields and their types (checked before dispatch).
+REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "ping": {},
+    "session.create": {},
+    "session.list": {},
+    "session.status": {"session": str},
+    "session.stop": {"session": str},
+    "session.join": {"session": str, "pid": int, "role": str},
+    "session.attach": {"session": str, "pid": int},
+    "gpu.launch": {"batch": list},
+    "gpu.sync": {"device": int},
+    "gpu.event_time": {"event": int},
+    "gpu.sync_event": {"event": int},
+    "gpu.graph": {"events": list},
+    "trace": {"session": str},
+}
+
+ROLES = ("actor", "observer")
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(msg: dict[str, Any]) -> bytes:
+    """One frame: length header + msgpack body."""
+    body = _packer.pack(msg)
+    return HEADER.pack(len(body)) + body
+
+
+def unpack_body(body: bytes) -> dict[str, Any]:
+    """Decode a frame body; raises ProtocolError(BAD_FRAME) on anything but a map."""
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable frame: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame is a {type(msg).__name__}, not a map")
+    return msg
+
+
+def validate(msg: dict[str, Any]) -> str:
+    """Check envelope and fields; returns the request type."""
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.BAD_VERSION, f"protocol version {msg.get('v')!r}, want {PROTOCOL_VERSION}"
+        )
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'type' must be a string")
+    if not isinstance(msg.get("id"), int) or isinstance(msg.get("id"), bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'id' must be an integer")
+    fields = REQUESTS.get(kind)
+    if fields is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {kind!r}")
+    for name, typ in fields.items():
+        value = msg.get(name)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {name!r} must be {want}")
+    return kind
+
+
+def ok(req_id: int, **fields: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": req_id, "type": "ok", **fields}
+
+
+def error(req_id: int | None, code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": req_id, "type": "error", "code": str(code),
+            "message": message}

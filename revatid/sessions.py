@@ -1,0 +1,221 @@
+"""Emulation sessions: one clock, one set of virtual GPUs, its participants and its trace.
+
+Sessions are isolated from each other: each has its own session page (clock), timekeeper,
+predictor, GPU timeline and trace. A participant is a process that joined over a connection;
+it leaves when the connection closes or the process dies. A session whose last participant
+left ends by itself after `linger_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from revati.adapters.clock._vclock import MAX_SLOTS, Page
+from revati.predictors.skus import UnknownSku, canonical, spec
+from revati.revatid.gpu import GpuTimeline, Predictor
+from revati.revatid.paths import page_dir
+from revati.revatid.procwatch import ProcWatch, alive
+from revati.revatid.protocol import ErrorCode, ProtocolError
+from revati.revatid.timekeeper import Timekeeper
+from revati.revatid.trace import Trace
+
+log = structlog.get_logger("revatid.session")
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "rate": 1.0,  # virtual seconds per real second while time flows (--cpu-dilation)
+    "grace_us": 200,  # quiescence must hold this long before a jump
+    "proc_check": True,  # no jump while a participant's thread is runnable
+    "linger_s": 5.0,  # a session with no participants ends after this long
+    "fixed_ns": None,  # predictor: every kernel takes this long (tests)
+    "seed": 0,
+    "name": "",
+}
+
+
+@dataclass
+class Participant:
+    pid: int
+    role: str
+    name: str
+    slot: int
+    joined_wall: float
+    pending_wake: int | None = None
+    watch: ProcWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = ProcWatch(self.pid)
+
+    def info(self, page: Page) -> dict[str, Any]:
+        _pid, running, _activity, deadline, waits, _freezes = page.slot_read(self.slot)
+        return {"pid": self.pid, "role": self.role, "name": self.name, "slot": self.slot,
+                "state": "running" if running > 0 else "waiting", "running_threads": running,
+                "deadline_ns": None if deadline == 2**63 - 1 else deadline,
+                "hooked_waits": waits}
+
+
+class _Fixed:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def predict(self, events: Any) -> list[int]:
+        return [self.ns] * len(events)
+
+
+def _load_predictor(sku: str, options: dict[str, Any]) -> Predictor:
+    if options.get("fixed_ns") is not None:
+        return _Fixed(int(options["fixed_ns"]))
+    from revati.predictors import registry
+
+    return registry.load_predictor(sku)
+
+
+class Session:
+    def __init__(self, gpu: str, num_gpus: int, options: dict[str, Any],
+                 loop: asyncio.AbstractEventLoop, on_end: Callable[[Session], None]) -> None:
+        unknown = set(options) - set(DEFAULT_OPTIONS)
+        if unknown:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown session options {sorted(unknown)}")
+        try:
+            self.gpu = canonical(gpu)
+        except UnknownSku as exc:
+            raise ProtocolError(ErrorCode.UNKNOWN_GPU, str(exc)) from None
+        if not 1 <= num_gpus <= 64:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "num_gpus must be between 1 and 64")
+        self.num_gpus = num_gpus
+        self.options = {**DEFAULT_OPTIONS, **options}
+        rate = float(self.options["rate"])
+        if not 0 < rate <= 1000:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "rate must be in (0, 1000]")
+        self.id = secrets.token_hex(4)
+        self.log = log.bind(session=self.id)
+        self.loop = loop
+        self.on_end = on_end
+        self.state = "running"
+        self.created_wall = time.time()
+        self.created_mono = time.monotonic()
+        self.ended_mono: float | None = None
+        self.trace = Trace()
+        self.timeline = GpuTimeline(_load_predictor(self.gpu, self.options), self.trace)
+        self.participants: dict[int, Participant] = {}  # by slot
+        self.exited: list[dict[str, Any]] = []
+        directory = _page_dir()
+        self.page_path = str(directory / f"session-{self.id}")
+        self.page = Page(self.page_path, create=True, rate=rate)
+        self.timekeeper = Timekeeper(
+            self.page, lambda: self.participants.values(), loop,
+            grace_ns=int(self.options["grace_us"] * 1000),
+            proc_check=bool(self.options["proc_check"]),
+            on_jump=self.trace.jump)
+        self.timekeeper.start()
+        self._linger: asyncio.TimerHandle | None = None
+        self._arm_linger()
+        self.log.info("session.created", gpu=self.gpu, num_gpus=num_gpus,
+                      options={k: v for k, v in self.options.items() if v != DEFAULT_OPTIONS[k]})
+
+    # -- participants
+    def join(self, pid: int, role: str, name: str) -> Participant:
+        if self.state != "running":
+            raise ProtocolError(ErrorCode.NO_SESSION, f"session {self.id} has ended")
+        if not alive(pid):
+            raise ProtocolError(ErrorCode.NO_PROCESS, f"no process {pid}")
+        used = set(self.participants)
+        slot = next((i for i in range(MAX_SLOTS) if i not in used), None)
+        if slot is None:
+            raise ProtocolError(ErrorCode.SESSION_FULL, f"session {self.id} has {MAX_SLOTS} "
+                                "participants already")
+        p = Participant(pid, role, name, slot, time.time())
+        self.participants[slot] = p
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self.log.info("participant.joined", pid=pid, role=role, name=name, slot=slot)
+        return p
+
+    def leave(self, p: Participant, reason: str) -> None:
+        if self.participants.get(p.slot) is not p:
+            return
+        del self.participants[p.slot]
+        released = self.page.freeze_release(p.slot)
+        self.page.slot_free(p.slot)
+        self.timeline.forget(p.pid)
+        self.exited.append({"pid": p.pid, "name": p.name, "reason": reason,
+                            "virtual_ns": self.page.now()})
+        self.log.info("participant.left", pid=p.pid, reason=reason, freezes_released=released)
+        self.page.poke_quiesce()
+        if not self.participants:
+            self._arm_linger()
+
+    def reap_dead(self) -> None:
+        for p in list(self.participants.values()):
+            if not alive(p.pid):
+                self.leave(p, "died")
+
+    def _arm_linger(self) -> None:
+        if self.state == "running":
+            self._linger = self.loop.call_later(float(self.options["linger_s"]), self._linger_end)
+
+    def _linger_end(self) -> None:
+        self._linger = None
+        if not self.participants:
+            self.end("no participants")
+
+    # -- lifecycle
+    def end(self, reason: str) -> None:
+        if self.state != "running":
+            return
+        self.final = self.info()
+        self.final["state"] = self.state = "ended"
+        self.ended_mono = time.monotonic()
+        self.timekeeper.stop()
+        if self._linger is not None:
+            self._linger.cancel()
+        self.log.info("session.ended", reason=reason, **self.final["counters"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.page_path)
+        self.on_end(self)
+
+    def info(self) -> dict[str, Any]:
+        if self.state != "running":
+            return self.final
+        virtual_ns = self.page.now()
+        wall = time.monotonic() - self.created_mono
+        count, frozen_ns, freezes = self.page.freeze_stats()
+        tk = self.timekeeper
+        return {
+            "id": self.id, "name": self.options["name"], "state": self.state, "gpu": self.gpu,
+            "gpu_name": spec(self.gpu)["name"], "num_gpus": self.num_gpus,
+            "options": self.options, "page": self.page_path, "created": self.created_wall,
+            "participants": [p.info(self.page) for p in self.participants.values()],
+            "exited": self.exited[-32:],
+            "counters": {
+                "virtual_s": virtual_ns / 1e9, "wall_s": wall,
+                "speedup": (virtual_ns / 1e9) / wall if wall > 0 else 0.0,
+                "launches": self.timeline.launches, "collectives": self.timeline.collectives,
+                "jumps": tk.jumps, "jumped_s": tk.jumped_ns / 1e9,
+                "flowed_s": max(0.0, (virtual_ns - tk.jumped_ns) / 1e9),
+                "frozen_s": frozen_ns / 1e9, "freezes": freezes, "frozen_now": count,
+                "quiescence_by_hook": tk.decisions["hook"],
+                "quiescence_by_proc": tk.decisions["proc"],
+                "trace_dropped": self.trace.dropped,
+            },
+        }
+
+    def chrome_trace(self) -> dict[str, Any]:
+        names = {p.pid: f"{p.name or p.role} {p.pid}" for p in self.participants.values()}
+        names.update({e["pid"]: f"{e['name'] or 'process'} {e['pid']}" for e in self.exited})
+        return self.trace.chrome(names)
+
+
+def _page_dir() -> Path:
+    directory = page_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory

@@ -1,0 +1,143 @@
+"""The timekeeper: conservative jumps of one session's clock (DESIGN, "Virtual time: the rules").
+
+The clock jumps only when every participant waits, stable for a grace interval, and only to
+the earliest pending deadline. "Waits" is decided per participant:
+  hook   its slot says no thread runs (every thread is inside a hooked wait) and the kernel
+         shows none of its threads runnable (a message in flight wakes its receiver first);
+  proc   its slot says some thread runs, but the kernel shows every thread asleep and none
+         scheduled between two samples: a wait Revati does not hook (waiting on I/O).
+A participant the daemon has just answered (a GPU sync) or whose deadline a jump has just
+reached counts as running until its activity counter moves: it is about to wake.
+When quiescence cannot be established, time flows at `rate` times real time (safe fallback).
+
+A watcher thread sleeps on the session page's quiesce word (bumped by a participant whose last
+running thread starts waiting) and hands each wake-up to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from revati.adapters.clock._vclock import NO_DEADLINE, Page
+from revati.revatid.procwatch import ProcWatch
+
+WATCH_PERIOD_NS = 20_000_000  # re-check at least this often (for waits only /proc can see)
+
+
+class Member(Protocol):
+    slot: int
+    pid: int
+    pending_wake: int | None
+    watch: ProcWatch
+
+
+@dataclass
+class Quiet:
+    deadline: int
+    activity: tuple[int, ...]
+
+
+class Timekeeper:
+    def __init__(self, page: Page, members: Callable[[], Iterable[Member]],
+                 loop: asyncio.AbstractEventLoop, grace_ns: int, proc_check: bool = True,
+                 on_jump: Callable[[int, int], None] | None = None) -> None:
+        self.page = page
+        self.members = members
+        self.loop = loop
+        self.grace_s = grace_ns / 1e9
+        self.proc_check = proc_check
+        self.on_jump = on_jump
+        self.jumps = 0
+        self.jumped_ns = 0
+        self.decisions: Counter[str] = Counter()
+        self._confirm: asyncio.TimerHandle | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="revati-timekeeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.page.poke_quiesce()
+        if self._confirm is not None:
+            self._confirm.cancel()
+
+    def _watch(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            seen = self.page.wait_quiesce(seen, WATCH_PERIOD_NS)
+            if self._stop.is_set():
+                return
+            try:
+                self.loop.call_soon_threadsafe(self.check)
+            except RuntimeError:  # the loop closed under us: the daemon is stopping
+                return
+
+    # -- decisions
+    def _scan(self) -> Quiet | None:
+        if self.page.freeze_stats()[0]:
+            return None  # someone is inside Revati's own code
+        deadline = NO_DEADLINE
+        activity = []
+        decided = []
+        for m in self.members():
+            _pid, running, act, dl, _waits, _freezes = self.page.slot_read(m.slot)
+            if m.pending_wake is not None:
+                if act == m.pending_wake:
+                    return None
+                m.pending_wake = None
+            if running > 0:
+                if not m.watch.asleep():
+                    return None
+                decided.append("proc")
+            else:
+                if self.proc_check and m.watch.runnable():
+                    return None
+                decided.append("hook")
+            activity.append(act)
+            deadline = min(deadline, dl)
+        if not activity:
+            return None
+        self.decisions.update(decided)
+        return Quiet(deadline, tuple(activity))
+
+    def check(self) -> None:
+        """Look for quiescence; jump after it held for the grace interval."""
+        if self._confirm is not None or self._stop.is_set():
+            return
+        quiet = self._scan()
+        if quiet is None or quiet.deadline == NO_DEADLINE:
+            return
+        if self.grace_s <= 0:
+            self._jump(quiet.deadline)
+            return
+        self._confirm = self.loop.call_later(self.grace_s, self._confirmed, quiet)
+
+    def _confirmed(self, before: Quiet) -> None:
+        self._confirm = None
+        quiet = self._scan()
+        if quiet is None or quiet.deadline == NO_DEADLINE:
+            return
+        if quiet.activity == before.activity and quiet.deadline == before.deadline:
+            self._jump(quiet.deadline)
+        else:
+            self.check()
+
+    def _jump(self, target: int) -> None:
+        members = list(self.members())
+        for m in members:
+            _pid, _running, act, dl, _w, _f = self.page.slot_read(m.slot)
+            if dl <= target:
+                m.pending_wake = act
+        before = self.page.jump(target)
+        if target > before:
+            self.jumps += 1
+            self.jumped_ns += target - before
+            if self.on_jump is not None:
+                self.on_jump(before, target)
