@@ -11,8 +11,6 @@ Forked children join as participants of their own.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import os
 import socket
 import sys
@@ -25,6 +23,7 @@ import msgpack
 from revati.adapters import gpu_link
 from revati.adapters.clock import hooks
 from revati.adapters.clock.runtime import VirtualClock
+from revati.adapters.postimport import when_imported
 from revati.predictors.launch import LaunchEvent
 from revati.revatid.client import Client
 
@@ -42,7 +41,8 @@ MAX_UNREAD = 512  # pipelined batches whose replies we have not read yet
 class Participant:
     """This process's membership: its connection, slot and clock."""
 
-    def __init__(self, socket_path: str, session: str, role: str, name: str) -> None:
+    def __init__(self, socket_path: str, session: str, role: str, name: str, late: bool,
+                 ) -> None:
         self.socket_path = socket_path
         self.session_id = session
         self.role = role
@@ -51,7 +51,7 @@ class Participant:
         self.client, reply = self._join()
         self.session = reply["session"]
         running = sum(1 for t in threading.enumerate() if not getattr(t, "_revati_internal", 0))
-        self.clock = VirtualClock(reply["page"], reply["slot"], running)
+        self.clock = VirtualClock(reply["page"], reply["slot"], running, late)
 
     def _join(self) -> tuple[Client, dict[str, Any]]:
         client = Client(self.socket_path)
@@ -145,19 +145,62 @@ def member() -> Participant | None:
 
 
 def join(socket_path: str, session: str, role: str | None = None, name: str | None = None,
-         ) -> Participant:
-    """Join `session`: hook the clock, and arrange virtual CUDA for when torch is imported."""
+         late: bool = False) -> Participant:
+    """Join `session`: hook the clock, and arrange virtual CUDA for when torch is imported.
+    `late`: the process has been running on real time (attach)."""
     global _member
     if _member is not None:
         return _member
     role = role or os.environ.get(ENV_ROLE, "observer")
     name = name or os.environ.get(ENV_NAME) or os.path.basename(sys.argv[0] or "python")
-    _member = Participant(socket_path, session, role, name)
+    _member = Participant(socket_path, session, role, name, late)
     hooks.install(_member.clock)
+    _install_spawn_hooks()
     os.register_at_fork(after_in_child=_after_fork)
     if os.environ.get(ENV_CUDA, "1") != "0":
-        _when_imported("torch", _install_cuda)
+        when_imported("torch", _install_cuda)
     return _member
+
+
+def _announce(pid: int) -> None:
+    """Tell revatid that a child will join, so that no jump happens before it does."""
+    m = _member
+    if m is None or pid <= 0:
+        return
+    with m.clock.freeze(), m.lock:
+        m.client.request("session.expect", pid=pid)
+
+
+def _install_spawn_hooks() -> None:
+    import _posixsubprocess
+    import subprocess
+
+    fork = os.fork
+
+    def hooked_fork() -> int:
+        pid = fork()
+        _announce(pid)
+        return pid
+
+    os.fork = hooked_fork
+    fork_exec = _posixsubprocess.fork_exec
+
+    def hooked_fork_exec(*args: Any) -> int:
+        pid = fork_exec(*args)
+        _announce(pid)
+        return pid
+
+    _posixsubprocess.fork_exec = hooked_fork_exec
+    subprocess._fork_exec = hooked_fork_exec  # type: ignore[attr-defined]
+    for name in ("posix_spawn", "posix_spawnp"):
+        spawn = getattr(os, name)
+
+        def hooked_spawn(*args: Any, _spawn: Callable[..., int] = spawn, **kw: Any) -> int:
+            pid = _spawn(*args, **kw)
+            _announce(pid)
+            return pid
+
+        setattr(os, name, hooked_spawn)
 
 
 def _after_fork() -> None:
@@ -172,38 +215,6 @@ def _install_cuda(_torch: Any) -> None:
     link = SessionLink(_member)
     gpu_link.install(link)
     cuda.install(_member.session["gpu"], _member.session["num_gpus"], link=link)
-
-
-class _PostImport(importlib.abc.MetaPathFinder):
-    """Runs a callback right after a module's first import (torch, for virtual CUDA)."""
-
-    def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
-        self.name = name
-        self.callback = callback
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-        callback = self.callback
-
-        def exec_and_hook(module: Any) -> None:
-            exec_module(module)
-            callback(module)
-
-        spec.loader.exec_module = exec_and_hook  # type: ignore[method-assign]
-        return spec
-
-
-def _when_imported(name: str, callback: Callable[[Any], None]) -> None:
-    if name in sys.modules:
-        callback(sys.modules[name])
-    else:
-        sys.meta_path.insert(0, _PostImport(name, callback))
 
 
 # -- dormant processes and attach
@@ -221,7 +232,7 @@ def _listen_for_attach() -> None:
             data = sock.recv(4096)
             try:
                 msg = msgpack.unpackb(data)
-                join(msg["socket"], msg["session"])
+                join(msg["socket"], msg["session"], late=True)
             except Exception as exc:
                 print(f"revati: attach failed: {exc}", file=sys.stderr)
         sock.close()

@@ -14,6 +14,11 @@ from typing import Any
 import msgpack
 from revati.revatid.protocol import HEADER, PROTOCOL_VERSION, pack
 
+# Bound before any clock hook can wrap them: a participant talks to revatid inside a freeze,
+# and its own socket calls are not waits of the program.
+_recv = socket.socket.recv
+_sendall = socket.socket.sendall
+
 
 class DaemonError(Exception):
     """An error reply from revatid."""
@@ -54,8 +59,8 @@ class Client:
 
     def send(self, kind: str, **fields: Any) -> None:
         """Send a request without waiting for its reply."""
-        self.sock.sendall(pack({"v": PROTOCOL_VERSION, "type": kind, "id": next(self._ids),
-                                **fields}))
+        _sendall(self.sock, pack({"v": PROTOCOL_VERSION, "type": kind, "id": next(self._ids),
+                                  **fields}))
         self._outstanding += 1
 
     def _read_reply(self) -> dict[str, Any]:
@@ -66,7 +71,7 @@ class Client:
     def _recv_exact(self, n: int) -> bytes:
         chunks, got = [], 0
         while got < n:
-            chunk = self.sock.recv(n - got)
+            chunk = _recv(self.sock, n - got)
             if not chunk:
                 raise ConnectionError("revatid closed the connection")
             chunks.append(chunk)

@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=int, default=1)
     p.add_argument("--cpu-dilation", type=float, default=1.0,
                    help="virtual seconds per real second of CPU work (default 1)")
-    p.add_argument("--grace-us", type=float, default=200.0,
-                   help="quiescence must hold this long before a jump (default 200)")
+    p.add_argument("--grace-us", type=float, default=50.0,
+                   help="quiescence must hold this long before a jump (default 50)")
     p.add_argument("--fixed-ns", type=int, help="predict every kernel at this duration (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the session summary as JSON here")

@@ -46,8 +46,9 @@ StreamKey = tuple[int, int, int]  # pid, device, stream
 
 
 class GpuTimeline:
-    def __init__(self, predictor: Predictor, trace: Trace) -> None:
-        self.predictor = predictor
+    def __init__(self, predictor: Callable[[], Predictor], trace: Trace) -> None:
+        self._load_predictor = predictor  # loaded at the first launch: most sessions' first
+        self._predictor: Predictor | None = None  # seconds are spent on CPU start-up anyway
         self.trace = trace
         self.streams: dict[StreamKey, Stream] = {}
         self.events: dict[tuple[int, int], int | None] = {}  # None: pending
@@ -85,6 +86,12 @@ class GpuTimeline:
         graph_id = sum(1 for key in self.graphs if key[0] == pid) + 1
         self.graphs[(pid, graph_id)] = sum(self._durations(pid, parsed))  # type: ignore[arg-type]
         return graph_id
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = self._load_predictor()
+        return self._predictor
 
     def _durations(self, pid: int, events: list[LaunchEvent]) -> list[int]:
         plain = [e for e in events if e.family != Family.GRAPH]

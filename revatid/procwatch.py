@@ -41,6 +41,15 @@ def alive(pid: int) -> bool:
     return _state(pid, str(pid)) not in ("Z", "X")
 
 
+def looks_like_python(pid: int) -> bool:
+    """The process runs a Python interpreter (so, started under Revati, it will join)."""
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+    return exe.startswith("python")
+
+
 class ProcWatch:
     """Samples one process's threads: run states and context-switch counts."""
 

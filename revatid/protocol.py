@@ -19,6 +19,9 @@ Requests (fields beyond v/type/id; `?` = optional) -> reply fields:
   session.join     session, pid, role, name?        -> slot, page, session
       The connection becomes the participant's; closing it leaves the session.
   session.attach   session, pid                     -> attached (list of pids moved onto the clock)
+  session.expect   pid                              -> (nothing)
+      A participant started a child that will join: until it does (or exits, or looks
+      like no Python interpreter), the clock does not jump.
   gpu.launch       batch (list of items, see below) -> (nothing); pipelined, replied in order
   gpu.sync         device, stream (int | None)      -> ready_ns
   gpu.event_time   event                            -> t_ns (int | None while pending)
@@ -79,6 +82,7 @@ REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "session.stop": {"session": str},
     "session.join": {"session": str, "pid": int, "role": str},
     "session.attach": {"session": str, "pid": int},
+    "session.expect": {"pid": int},
     "gpu.launch": {"batch": list},
     "gpu.sync": {"device": int},
     "gpu.event_time": {"event": int},

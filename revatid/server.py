@@ -123,6 +123,11 @@ class Daemon:
                                 "environment (revatictl env)")
         return {"attached": moved}
 
+    def session_expect(self, conn: Connection, msg: dict) -> dict:
+        s, _p = conn.joined()
+        s.expect(msg["pid"])
+        return {}
+
     def trace(self, conn: Connection, msg: dict) -> dict:
         return {"trace": self.session(msg["session"]).chrome_trace()}
 
@@ -198,6 +203,7 @@ HANDLERS: dict[str, Callable[[Daemon, Connection, dict], Any]] = {
     "session.stop": Daemon.session_stop,
     "session.join": Daemon.session_join,
     "session.attach": Daemon.session_attach,
+    "session.expect": Daemon.session_expect,
     "trace": Daemon.trace,
     "gpu.launch": Daemon.gpu_launch,
     "gpu.graph": Daemon.gpu_graph,

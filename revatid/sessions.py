@@ -23,16 +23,18 @@ from revati.adapters.clock._vclock import MAX_SLOTS, Page
 from revati.predictors.skus import UnknownSku, canonical, spec
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
-from revati.revatid.procwatch import ProcWatch, alive
+from revati.revatid.procwatch import ProcWatch, alive, looks_like_python
 from revati.revatid.protocol import ErrorCode, ProtocolError
 from revati.revatid.timekeeper import Timekeeper
 from revati.revatid.trace import Trace
 
 log = structlog.get_logger("revatid.session")
 
+JOIN_TIMEOUT_S = 10.0  # a child that has not joined by then is not waited for
+
 DEFAULT_OPTIONS: dict[str, Any] = {
     "rate": 1.0,  # virtual seconds per real second while time flows (--cpu-dilation)
-    "grace_us": 200,  # quiescence must hold this long before a jump
+    "grace_us": 50,  # quiescence must hold this long before a jump
     "proc_check": True,  # no jump while a participant's thread is runnable
     "linger_s": 5.0,  # a session with no participants ends after this long
     "fixed_ns": None,  # predictor: every kernel takes this long (tests)
@@ -104,14 +106,15 @@ class Session:
         self.created_mono = time.monotonic()
         self.ended_mono: float | None = None
         self.trace = Trace()
-        self.timeline = GpuTimeline(_load_predictor(self.gpu, self.options), self.trace)
+        self.timeline = GpuTimeline(lambda: _load_predictor(self.gpu, self.options), self.trace)
         self.participants: dict[int, Participant] = {}  # by slot
+        self.expected: dict[int, float] = {}  # child pid -> monotonic time it was announced
         self.exited: list[dict[str, Any]] = []
         directory = _page_dir()
         self.page_path = str(directory / f"session-{self.id}")
         self.page = Page(self.page_path, create=True, rate=rate)
         self.timekeeper = Timekeeper(
-            self.page, lambda: self.participants.values(), loop,
+            self.page, lambda: self.participants.values(), loop, self.awaiting_joiners,
             grace_ns=int(self.options["grace_us"] * 1000),
             proc_check=bool(self.options["proc_check"]),
             on_jump=self.trace.jump)
@@ -134,11 +137,24 @@ class Session:
                                 "participants already")
         p = Participant(pid, role, name, slot, time.time())
         self.participants[slot] = p
+        self.expected.pop(pid, None)
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
         self.log.info("participant.joined", pid=pid, role=role, name=name, slot=slot)
         return p
+
+    def expect(self, pid: int) -> None:
+        if all(p.pid != pid for p in self.participants.values()):
+            self.expected[pid] = time.monotonic()
+
+    def awaiting_joiners(self) -> bool:
+        """A child announced by a participant has not joined yet (and still may)."""
+        now = time.monotonic()
+        for pid, since in list(self.expected.items()):
+            if now - since > JOIN_TIMEOUT_S or not alive(pid) or not looks_like_python(pid):
+                del self.expected[pid]
+        return bool(self.expected)
 
     def leave(self, p: Participant, reason: str) -> None:
         if self.participants.get(p.slot) is not p:
@@ -188,7 +204,7 @@ class Session:
             return self.final
         virtual_ns = self.page.now()
         wall = time.monotonic() - self.created_mono
-        count, frozen_ns, freezes = self.page.freeze_stats()
+        count, frozen_ns, freezes, _idle = self.page.freeze_stats()
         tk = self.timekeeper
         return {
             "id": self.id, "name": self.options["name"], "state": self.state, "gpu": self.gpu,

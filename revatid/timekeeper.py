@@ -6,6 +6,7 @@ the earliest pending deadline. "Waits" is decided per participant:
          shows none of its threads runnable (a message in flight wakes its receiver first);
   proc   its slot says some thread runs, but the kernel shows every thread asleep and none
          scheduled between two samples: a wait Revati does not hook (waiting on I/O).
+A child that a participant started counts as running until it joins (or exits).
 A participant the daemon has just answered (a GPU sync) or whose deadline a jump has just
 reached counts as running until its activity counter moves: it is about to wake.
 When quiescence cannot be established, time flows at `rate` times real time (safe fallback).
@@ -40,15 +41,19 @@ class Member(Protocol):
 class Quiet:
     deadline: int
     activity: tuple[int, ...]
+    members: list[Member]
+    running: list[bool]  # per member: some thread runs by its slot (then /proc decides)
 
 
 class Timekeeper:
     def __init__(self, page: Page, members: Callable[[], Iterable[Member]],
-                 loop: asyncio.AbstractEventLoop, grace_ns: int, proc_check: bool = True,
+                 loop: asyncio.AbstractEventLoop, joining: Callable[[], bool],
+                 grace_ns: int, proc_check: bool = True,
                  on_jump: Callable[[int, int], None] | None = None) -> None:
         self.page = page
         self.members = members
         self.loop = loop
+        self.joining = joining
         self.grace_s = grace_ns / 1e9
         self.proc_check = proc_check
         self.on_jump = on_jump
@@ -80,58 +85,66 @@ class Timekeeper:
                 return
 
     # -- decisions
-    def _scan(self) -> Quiet | None:
+    def _slots(self) -> Quiet | None:
+        """Quiescence as the slots tell it (shared-memory reads only)."""
         if self.page.freeze_stats()[0]:
             return None  # someone is inside Revati's own code
+        members, activity, running = [], [], []
         deadline = NO_DEADLINE
-        activity = []
-        decided = []
         for m in self.members():
-            _pid, running, act, dl, _waits, _freezes = self.page.slot_read(m.slot)
+            _pid, threads, act, dl, _waits, _freezes = self.page.slot_read(m.slot)
             if m.pending_wake is not None:
                 if act == m.pending_wake:
-                    return None
+                    return None  # answered or woken, and not yet running
                 m.pending_wake = None
-            if running > 0:
-                if not m.watch.asleep():
-                    return None
-                decided.append("proc")
-            else:
-                if self.proc_check and m.watch.runnable():
-                    return None
-                decided.append("hook")
+            members.append(m)
             activity.append(act)
+            running.append(threads > 0)
             deadline = min(deadline, dl)
-        if not activity:
+        if not members or deadline == NO_DEADLINE or self.joining():
             return None
-        self.decisions.update(decided)
-        return Quiet(deadline, tuple(activity))
+        return Quiet(deadline, tuple(activity), members, running)
+
+    def _kernel_agrees(self, quiet: Quiet) -> bool:
+        """The kernel's view (file reads): no participant thread is runnable, and those with
+        running threads by their slot have slept since the last sample."""
+        for m, running in zip(quiet.members, quiet.running, strict=True):
+            if running:
+                if not m.watch.asleep():
+                    return False
+            elif self.proc_check and m.watch.runnable():
+                return False
+        self.decisions.update("proc" if r else "hook" for r in quiet.running)
+        return True
 
     def check(self) -> None:
-        """Look for quiescence; jump after it held for the grace interval."""
+        """Look for quiescence; jump once it has held for the grace interval."""
         if self._confirm is not None or self._stop.is_set():
             return
-        quiet = self._scan()
-        if quiet is None or quiet.deadline == NO_DEADLINE:
+        quiet = self._slots()
+        if quiet is None:
             return
-        if self.grace_s <= 0:
+        if self.grace_s <= 0 and self._kernel_agrees(quiet):
             self._jump(quiet.deadline)
             return
-        self._confirm = self.loop.call_later(self.grace_s, self._confirmed, quiet)
+        self._confirm = self.loop.call_later(self.grace_s, self._confirmed, quiet,
+                                             self.grace_s)
 
-    def _confirmed(self, before: Quiet) -> None:
+    def _confirmed(self, before: Quiet, delay: float) -> None:
         self._confirm = None
-        quiet = self._scan()
-        if quiet is None or quiet.deadline == NO_DEADLINE:
+        quiet = self._slots()
+        if quiet is None:
             return
-        if quiet.activity == before.activity and quiet.deadline == before.deadline:
-            self._jump(quiet.deadline)
-        else:
+        if quiet.activity != before.activity or quiet.deadline != before.deadline:
             self.check()
+        elif self._kernel_agrees(quiet):
+            self._jump(quiet.deadline)
+        else:  # some thread still runs: look again, less and less often
+            delay = min(2 * delay, WATCH_PERIOD_NS / 1e9)
+            self._confirm = self.loop.call_later(delay, self._confirmed, quiet, delay)
 
     def _jump(self, target: int) -> None:
-        members = list(self.members())
-        for m in members:
+        for m in self.members():
             _pid, _running, act, dl, _w, _f = self.page.slot_read(m.slot)
             if dl <= target:
                 m.pending_wake = act

@@ -6,9 +6,10 @@
  *                       V = base_virt + rate * (E - base_eff), read under a sequence lock,
  *                       where E is the "effective" monotonic time: real monotonic time minus
  *                       every interval during which some participant was frozen.
- *   page 1   freeze     the union freeze: a count of participants inside Revati's own code,
- *                       the start of the current frozen interval and the frozen total
- *                       (written by participants under a spin lock, read under a sequence lock).
+ *   page 1   freeze     the union freeze: a count of participants inside Revati's own code
+ *                       (plus one while no participant thread runs: the idle freeze), the
+ *                       start of the current frozen interval and the frozen total (written by
+ *                       participants under a spin lock, read under a sequence lock).
  *   page 2+  slots      one 64-byte slot per participant: pid, threads running, activity
  *                       counter and earliest virtual deadline, so that the timekeeper learns
  *                       a participant's state without a round trip.
@@ -60,6 +61,7 @@ typedef struct {
     int64_t total;
     int64_t sections;
     uint32_t quiesce;  /* futex word bumped when a participant's last running thread waits */
+    int32_t running;   /* threads running in all participants; 0: the idle freeze is on */
 } freeze_hdr;
 
 typedef struct {
@@ -195,6 +197,8 @@ static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
         self->clk->origin_mono = m;
         self->clk->origin_wall = wall_ns();
         for (int i = 0; i < MAX_SLOTS; i++) self->slots[i].deadline = NO_DEADLINE;
+        self->frz->count = 1; /* the idle freeze: nobody runs yet */
+        self->frz->start = m;
         STORE(&self->clk->magic, MAGIC);
     } else if (LOAD(&self->clk->magic) != MAGIC) {
         munmap(base, FILE_SIZE);
@@ -235,6 +239,16 @@ static PyObject *Page_time(PageObject *self, PyObject *unused) {
     return PyFloat_FromDouble((double)(self->clk->origin_wall + virt_now(self)) * 1e-9);
 }
 
+/* A process that joins late (attach) must not read a smaller monotonic time than it read
+ * before: its reads stay at `mono_ns` until the session clock passes it. */
+static PyObject *Page_floor_monotonic(PageObject *self, PyObject *args) {
+    long long mono;
+    if (!PyArg_ParseTuple(args, "L", &mono)) return NULL;
+    int64_t floor = mono - self->clk->origin_mono;
+    if (floor > self->last) self->last = floor;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Page_origins(PageObject *self, PyObject *unused) {
     return Py_BuildValue("LL", (long long)self->clk->origin_mono, (long long)self->clk->origin_wall);
 }
@@ -249,12 +263,33 @@ static inline void spin_lock(uint32_t *l) {
 
 static inline void spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
 
+/* Add (+1) or drop (-1) one freeze; the caller holds f->lock. */
+static inline void freeze_step(freeze_hdr *f, int delta) {
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    if (delta > 0) {
+        if (f->count++ == 0) f->start = mono_ns();
+    } else if (f->count > 0 && --f->count == 0) {
+        f->total += mono_ns() - f->start;
+        f->sections++;
+    }
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+}
+
+/* Threads running across the session change by `delta` (under f->lock). While none runs,
+ * the idle freeze holds the clock: no program code runs, only wake-ups are on their way
+ * (the scheduling latency of a host with fewer cores than the emulated one) or everybody
+ * waits for a deadline, which the timekeeper reaches by a jump. */
+static inline void running_step(freeze_hdr *f, int delta) {
+    int32_t before = f->running;
+    f->running += delta;
+    if (before <= 0 && f->running > 0) freeze_step(f, -1);
+    else if (before > 0 && f->running <= 0) freeze_step(f, 1);
+}
+
 static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
     spin_lock(&f->lock);
-    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
-    if (f->count++ == 0) f->start = mono_ns();
-    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    freeze_step(f, 1);
     if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
     spin_unlock(&f->lock);
     Py_RETURN_NONE;
@@ -268,12 +303,7 @@ static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "freeze_exit without freeze_enter");
         return NULL;
     }
-    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
-    if (--f->count == 0) {
-        f->total += mono_ns() - f->start;
-        f->sections++;
-    }
-    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    freeze_step(f, -1);
     if (self->my_slot >= 0) self->slots[self->my_slot].freezes--;
     spin_unlock(&f->lock);
     Py_RETURN_NONE;
@@ -308,8 +338,9 @@ static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
     int64_t total = f->total + (f->count ? m - f->start : 0);
     uint32_t count = f->count;
     int64_t sections = f->sections;
+    int idle = f->running <= 0;
     spin_unlock(&f->lock);
-    return Py_BuildValue("ILL", count, (long long)total, (long long)sections);
+    return Py_BuildValue("ILLi", count - idle, (long long)total, (long long)sections, idle);
 }
 
 /* ------------------------------------------------------------------ clock writes (revatid) */
@@ -441,12 +472,25 @@ static slot_t *slot_arg(PageObject *self, int i) {
     return &self->slots[i];
 }
 
+/* Wake revatid's watcher, but only when no participant runs: the last one to wait pokes. */
+static void poke_if_quiet(PageObject *self) {
+    for (int i = 0; i < MAX_SLOTS; i++) {
+        slot_t *s = &self->slots[i];
+        if (LOAD(&s->pid) && LOAD(&s->running) > 0) return;
+    }
+    __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
+    futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+}
+
 static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {
     int i, running;
     unsigned int pid;
     if (!PyArg_ParseTuple(args, "iIi", &i, &pid, &running)) return NULL;
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
+    spin_lock(&self->frz->lock);
+    running_step(self->frz, running - s->running);
+    spin_unlock(&self->frz->lock);
     s->running = running;
     s->deadline = NO_DEADLINE;
     s->waits = 0;
@@ -463,6 +507,9 @@ static PyObject *Page_slot_free(PageObject *self, PyObject *args) {
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
     STORE(&s->pid, 0);
+    spin_lock(&self->frz->lock);
+    running_step(self->frz, -s->running);
+    spin_unlock(&self->frz->lock);
     s->running = 0;
     s->deadline = NO_DEADLINE;
     Py_RETURN_NONE;
@@ -474,14 +521,14 @@ static PyObject *Page_slot_running(PageObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "ii", &i, &delta)) return NULL;
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
+    spin_lock(&self->frz->lock);
+    running_step(self->frz, delta);
     int32_t now = __atomic_add_fetch(&s->running, delta, __ATOMIC_ACQ_REL);
+    spin_unlock(&self->frz->lock);
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
     if (delta < 0) {
         s->waits++;
-        if (now <= 0) {
-            __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
-            futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
-        }
+        if (now <= 0) poke_if_quiet(self);
     }
     return PyLong_FromLong(now);
 }
@@ -494,10 +541,7 @@ static PyObject *Page_slot_deadline(PageObject *self, PyObject *args) {
     if (!s) return NULL;
     STORE(&s->deadline, (int64_t)deadline);
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
-    if (LOAD(&s->running) <= 0) {
-        __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
-        futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
-    }
+    if (LOAD(&s->running) <= 0) poke_if_quiet(self);
     Py_RETURN_NONE;
 }
 
@@ -519,10 +563,12 @@ static PyMethodDef Page_methods[] = {
     {"time", (PyCFunction)Page_time, METH_NOARGS, "Virtual time.time()."},
     {"time_ns", (PyCFunction)Page_time_ns, METH_NOARGS, "Virtual time.time_ns()."},
     {"origins", (PyCFunction)Page_origins, METH_NOARGS, "(origin_mono_ns, origin_wall_ns)."},
+    {"floor_monotonic", (PyCFunction)Page_floor_monotonic, METH_VARARGS, "Never read below."},
     {"freeze_enter", (PyCFunction)Page_freeze_enter, METH_NOARGS, "Stop the session clock."},
     {"freeze_exit", (PyCFunction)Page_freeze_exit, METH_NOARGS, "Let it run again."},
     {"freeze_release", (PyCFunction)Page_freeze_release, METH_VARARGS, "Drop a slot's freezes."},
-    {"freeze_stats", (PyCFunction)Page_freeze_stats, METH_NOARGS, "(count, frozen_ns, n)."},
+    {"freeze_stats", (PyCFunction)Page_freeze_stats, METH_NOARGS,
+     "(freezes held by Revati code, frozen ns, frozen sections, idle freeze on)."},
     {"jump", (PyCFunction)Page_jump, METH_VARARGS, "Jump forward to a virtual time."},
     {"set_rate", (PyCFunction)Page_set_rate, METH_VARARGS, "Set the rate (dilation)."},
     {"poke", (PyCFunction)Page_poke, METH_VARARGS, "Wake a slot's sleepers."},

@@ -7,19 +7,18 @@ runtime.VirtualClock) so that the timekeeper can jump when every participant wai
 
 Covered: time.time/monotonic/perf_counter (and _ns), time.sleep, datetime.now/utcnow/today,
 threading waits with timeouts (Condition, hence Event, Semaphore, Barrier, queue.Queue),
-Thread.join, subprocess waits, selectors (hence asyncio; asyncio loops are woken by the
-waker thread at their virtual deadline), uvloop (replaced by the standard loop, whose clock
-can be virtualised) and zmq polls.
+Thread.join, subprocess waits, blocking socket receives and os.read, selectors (hence
+asyncio, whose loops the waker thread wakes at their virtual deadline), uvloop (replaced by
+the standard loop, whose clock can be virtualised) and zmq polls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
-import importlib.util
+import os
 import selectors
+import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 
 from revati.adapters.clock._vclock import NO_DEADLINE
 from revati.adapters.clock.runtime import NS, VirtualClock
+from revati.adapters.postimport import when_imported
 
 _originals: dict[str, Any] = {}
 _clock: VirtualClock | None = None
@@ -55,10 +55,12 @@ def install(clock: VirtualClock) -> None:
     _install_datetime(clock)
     _install_threading(clock)
     _install_subprocess(clock)
+    _install_sockets(clock)
+    _install_os_read(clock)
     _install_selectors(clock)
-    _install_asyncio()
-    _install_uvloop()
-    _install_zmq(clock)
+    when_imported("asyncio", lambda _: _install_asyncio())
+    when_imported("uvloop", _install_uvloop)
+    when_imported("zmq", lambda zmq: _install_zmq(clock, zmq))
 
 
 def _install_time(clock: VirtualClock) -> None:
@@ -193,6 +195,43 @@ def _install_subprocess(clock: VirtualClock) -> None:
     subprocess.Popen.wait = wait  # type: ignore[method-assign]
 
 
+def _install_os_read(clock: VirtualClock) -> None:
+    # A blocking read of a pipe is a wait for another process (multiprocessing's pipes).
+    read = _keep("os.read", os.read)
+    get_blocking = os.get_blocking
+
+    def os_read(fd: int, n: int) -> bytes:
+        if not get_blocking(fd):
+            return read(fd, n)
+        token = clock.wait_begin()
+        try:
+            return read(fd, n)
+        finally:
+            clock.wait_end(token)
+
+    os.read = os_read
+
+
+def _install_sockets(clock: VirtualClock) -> None:
+    # A blocking receive is a wait for another process; non-blocking sockets (asyncio's)
+    # pass straight through.
+    wait_begin, wait_end = clock.wait_begin, clock.wait_end
+    for name in ("recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "_accept"):
+        original = _keep(f"socket.socket.{name}", getattr(socket.socket, name))
+
+        def blocking(self: socket.socket, *args: Any, _orig: Callable[..., Any] = original,
+                     ) -> Any:
+            if self.gettimeout() == 0.0:
+                return _orig(self, *args)
+            token = wait_begin()
+            try:
+                return _orig(self, *args)
+            finally:
+                wait_end(token)
+
+        setattr(socket.socket, name, blocking)
+
+
 def _sliced_wait(clock: VirtualClock, timeout: float, once: Callable[[float], Any],
                  ready: Callable[[Any], bool]) -> Any:
     """Wait for I/O (`once(real_timeout)`) until ready or `timeout` virtual seconds pass."""
@@ -216,22 +255,45 @@ def _install_selectors(clock: VirtualClock) -> None:
             if timeout is not None and timeout <= 0:
                 return _orig(self, timeout)
             waker = getattr(self, "_revati_waker", None)
-            if timeout is None:
-                with clock.waiting():
-                    return _orig(self, None)
             if waker is None:
+                if timeout is None:
+                    with clock.waiting():
+                        return _orig(self, None)
                 return _sliced_wait(clock, timeout, lambda t: _orig(self, t), bool)
-            token = clock.call_at(_virtual_timeout_deadline(clock, timeout), waker)
+            _arm_loop_wakeup(clock, self, waker, timeout)
+            token = clock.wait_begin()
             try:
-                with clock.waiting():
-                    return _orig(self, None)
+                return _orig(self, None)
             finally:
-                clock.cancel(token)
+                clock.wait_end(token)
 
         cls.select = select
 
 
+def _arm_loop_wakeup(clock: VirtualClock, selector: Any, waker: Callable[[], None],
+                     timeout: float | None) -> None:
+    """Have the waker thread wake an event loop at its next timer's virtual deadline. A loop
+    asks again with (nearly) the same deadline on every iteration: keep that registration
+    instead of re-registering it; a stale wake-up is harmless (one more loop iteration)."""
+    armed = selector._revati_armed  # (deadline, token) or None
+    deadline = None if timeout is None else _virtual_timeout_deadline(clock, timeout)
+    if armed is not None:
+        if deadline is not None and abs(armed[0] - deadline) < 1000:
+            return
+        clock.cancel(armed[1])
+        selector._revati_armed = None
+    if deadline is not None:
+
+        def fire() -> None:
+            selector._revati_armed = None
+            waker()
+
+        selector._revati_armed = (deadline, clock.call_at(deadline, fire))
+
+
 def _install_asyncio() -> None:
+    import asyncio
+
     # Each selector loop gets its self-pipe write as the waker, so that a virtual deadline
     # reached by a jump wakes the loop at once.
     init = _keep("asyncio.BaseSelectorEventLoop.__init__",
@@ -240,16 +302,15 @@ def _install_asyncio() -> None:
     def __init__(self: asyncio.AbstractEventLoop, selector: Any = None) -> None:
         init(self, selector)
         self._selector._revati_waker = self._write_to_self  # type: ignore[attr-defined]
+        self._selector._revati_armed = None  # type: ignore[attr-defined]
 
     asyncio.selector_events.BaseSelectorEventLoop.__init__ = __init__  # type: ignore[method-assign]
 
 
-def _install_uvloop() -> None:
+def _install_uvloop(uvloop: Any) -> None:
     # uvloop's clock lives in libuv and cannot be virtualised: emulated processes run the
     # standard loop instead (revatid itself keeps uvloop).
-    if importlib.util.find_spec("uvloop") is None:
-        return
-    import uvloop
+    import asyncio
 
     uvloop.install = lambda: None
     uvloop.new_event_loop = asyncio.new_event_loop
@@ -258,11 +319,7 @@ def _install_uvloop() -> None:
     uvloop.Loop = asyncio.SelectorEventLoop
 
 
-def _install_zmq(clock: VirtualClock) -> None:
-    if "zmq" not in sys.modules and importlib.util.find_spec("zmq") is None:
-        return
-    import zmq
-
+def _install_zmq(clock: VirtualClock, zmq: Any) -> None:
     poller_poll = _keep("zmq.Poller.poll", zmq.Poller.poll)
 
     def poll(self: zmq.Poller, timeout: float | None = None) -> list:

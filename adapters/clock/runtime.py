@@ -13,6 +13,7 @@ import heapq
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,10 +23,13 @@ NS = 1_000_000_000
 
 
 class VirtualClock:
-    def __init__(self, page_path: str, slot: int, running: int = 1) -> None:
+    def __init__(self, page_path: str, slot: int, running: int = 1, late: bool = False,
+                 ) -> None:
         self.page = Page(page_path)
         self.slot = slot
         self.page.slot_claim(slot, os.getpid(), running)
+        if late:  # attached while running: never read less than the real clock read before
+            self.page.floor_monotonic(time.monotonic_ns())
         # The C methods are bound once: hooks call them with no Python frame in between.
         self.now_ns = self.page.now
         self.rate_hint = 1.0
@@ -34,6 +38,8 @@ class VirtualClock:
         self._tokens = itertools.count()
         self._published = NO_DEADLINE
         self._callbacks: list[tuple[int, int, Callable[[], None]]] = []  # heap
+        self._cancelled: set[int] = set()  # tokens still in the heap, to skip
+        self._waker_target = NO_DEADLINE  # the deadline the waker thread sleeps towards
         self._waker: threading.Thread | None = None
 
     def rebind(self, slot: int) -> None:
@@ -42,6 +48,8 @@ class VirtualClock:
         self._lock = threading.Lock()
         self._deadlines.clear()
         self._callbacks.clear()
+        self._cancelled.clear()
+        self._waker_target = NO_DEADLINE
         self._published = NO_DEADLINE
         self._waker = None
         self.page.slot_claim(slot, os.getpid(), 1)
@@ -70,51 +78,76 @@ class VirtualClock:
             self._published = earliest
             self.page.slot_deadline(self.slot, earliest)
 
-    @contextmanager
-    def waiting(self, deadline: int = NO_DEADLINE) -> Iterator[None]:
-        """The calling thread waits (for I/O, a lock, or until `deadline` virtual ns)."""
+    def wait_begin(self, deadline: int = NO_DEADLINE) -> int:
+        """The calling thread starts waiting (for I/O, a lock, or until `deadline` virtual
+        ns). Returns a token for wait_end. The bookkeeping is Revati's, so it is frozen."""
         token = next(self._tokens)
+        page = self.page
+        page.freeze_enter()
         with self._lock:
             if deadline != NO_DEADLINE:
                 self._deadlines[token] = deadline
                 self._publish()
-            self.page.slot_running(self.slot, -1)
+            page.slot_running(self.slot, -1)
+        page.freeze_exit()
+        return token
+
+    def wait_end(self, token: int) -> None:
+        page = self.page
+        page.freeze_enter()
+        with self._lock:
+            page.slot_running(self.slot, 1)
+            if self._deadlines.pop(token, None) is not None:
+                self._publish()
+        page.freeze_exit()
+
+    @contextmanager
+    def waiting(self, deadline: int = NO_DEADLINE) -> Iterator[None]:
+        token = self.wait_begin(deadline)
         try:
             yield
         finally:
-            with self._lock:
-                self.page.slot_running(self.slot, 1)
-                if self._deadlines.pop(token, None) is not None:
-                    self._publish()
+            self.wait_end(token)
 
     def sleep_until(self, deadline: int) -> None:
-        with self.waiting(deadline):
+        token = self.wait_begin(deadline)
+        try:
             self.page.wait_until(deadline)
+        finally:
+            self.wait_end(token)
 
     # -- wake-ups for waits that do not sleep on the page
     def call_at(self, deadline: int, callback: Callable[[], None]) -> int:
         """Call `callback` from the waker thread once virtual time reaches `deadline`."""
         token = next(self._tokens)
+        self.page.freeze_enter()
         with self._lock:
             heapq.heappush(self._callbacks, (deadline, token, callback))
-            first = self._callbacks[0][1] == token
             self._publish()
             start = self._waker is None
             if start:
                 self._waker = threading.Thread(target=self._wake_loop, name="revati-waker",
                                                daemon=True)
                 self._waker._revati_internal = True  # type: ignore[attr-defined]
+            poke = deadline < self._waker_target
+        self.page.freeze_exit()
         if start:
             self._waker.start()  # type: ignore[union-attr]
-        elif first:
-            self.page.poke()
+        elif poke:
+            self.page.poke()  # the waker sleeps towards a later deadline
         return token
 
     def cancel(self, token: int) -> None:
+        self.page.freeze_enter()
         with self._lock:
-            self._callbacks = [c for c in self._callbacks if c[1] != token]
-            heapq.heapify(self._callbacks)
-            self._publish()
+            if self._callbacks and self._callbacks[0][1] == token:
+                heapq.heappop(self._callbacks)
+                while self._callbacks and self._callbacks[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._callbacks)[1])
+                self._publish()
+            else:
+                self._cancelled.add(token)
+        self.page.freeze_exit()
 
     def _wake_loop(self) -> None:
         # The waker is Revati's own thread: it never counts as running.
@@ -123,10 +156,15 @@ class VirtualClock:
                 due = []
                 now = self.now_ns()
                 while self._callbacks and self._callbacks[0][0] <= now:
-                    due.append(heapq.heappop(self._callbacks)[2])
+                    _, token, callback = heapq.heappop(self._callbacks)
+                    if token in self._cancelled:
+                        self._cancelled.discard(token)
+                    else:
+                        due.append(callback)
                 if due:
                     self._publish()
                 target = self._callbacks[0][0] if self._callbacks else NO_DEADLINE
+                self._waker_target = target
                 seen = self.page.wake_word()
             for callback in due:
                 callback()

@@ -1,0 +1,84 @@
+"""The virtual-time invariants of DESIGN.md, each pinned with real processes under
+`revatictl run` against a real revatid."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.conftest import Daemon, revatictl_run
+
+PROGRAMS = str(Path(__file__).with_name("programs.py"))
+
+
+def run_program(daemon: Daemon, *args: str, options: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    result, summary = revatictl_run(daemon, [sys.executable, PROGRAMS, *args], *options)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), summary
+
+
+def test_monotonic_across_jumps(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "monotonic_reads", "30")
+    assert out["reads"] == 6000
+    assert out["backwards"] == 0
+    assert summary["counters"]["jumps"] >= 25  # the sleeps were skipped, not waited out
+
+
+def test_one_timeline_between_processes(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "ping_pong", "50")
+    assert out["exchanges"] == 50
+    assert out["violations"] == 0  # no message arrives before it was sent, in virtual time
+    assert summary["counters"]["jumps"] >= 40
+
+
+def test_sleep_skips_to_its_deadline(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "sleeper", "30")
+    assert 30.0 <= out["slept"] < 30.01
+    counters = summary["counters"]
+    assert counters["wall_s"] < 10  # 30 virtual seconds do not take 30 real ones
+    assert counters["jumped_s"] > 29
+
+
+def test_no_skipped_deadline(daemon: Daemon) -> None:
+    """An early sleeper wakes at its own deadline, before a later sleeper's jump target."""
+    script = (
+        "import subprocess, sys, json\n"
+        f"cmd = [sys.executable, {PROGRAMS!r}, 'sleeper']\n"
+        "procs = [subprocess.Popen(cmd + [s], stdout=subprocess.PIPE) for s in "
+        "('7.5', '2.5', '5.0')]\n"
+        "print(json.dumps([json.loads(p.communicate()[0]) for p in procs]))\n"
+    )
+    result, _ = revatictl_run(daemon, [sys.executable, "-c", script])
+    assert result.returncode == 0, result.stderr
+    outs = json.loads(result.stdout.strip().splitlines()[-1])
+    for out in outs:
+        assert out["asked"] <= out["slept"] < out["asked"] + 0.05, outs
+    wake = sorted((o["woke_at"], o["asked"]) for o in outs)
+    assert [asked for _, asked in wake] == [2.5, 5.0, 7.5]
+
+
+def test_overhead_inside_a_freeze_is_not_virtual_time(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "freeze_burn", "50")
+    assert out["virtual_ms"] < 1.0
+    assert summary["counters"]["frozen_s"] >= 0.05
+
+
+def test_busy_process_keeps_real_rate(daemon: Daemon) -> None:
+    """Quiescence cannot be established while a process computes: time flows at real rate."""
+    out, _ = run_program(daemon, "spin_real", "300")
+    assert abs(out["virtual_ms"] - out["real_ms"]) < 0.05 * out["real_ms"]
+
+
+def test_unhooked_wait_falls_back_and_finishes(daemon: Daemon) -> None:
+    """A wait in C that Revati does not hook (select.select) is seen through /proc."""
+    out, summary = run_program(daemon, "unhooked_wait", "20")
+    assert out["virtual_s"] >= 20.0
+    counters = summary["counters"]
+    assert counters["quiescence_by_proc"] > 0
+    assert counters["wall_s"] < 10
+
+
+def test_dilation_scales_real_work(daemon: Daemon) -> None:
+    out, _ = run_program(daemon, "spin_real", "200", options=("--cpu-dilation", "2"))
+    assert abs(out["virtual_ms"] - 2 * out["real_ms"]) < 0.1 * out["real_ms"]
