@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Create (or reuse) the vLLM virtual environment that the vLLM adapter and its tests run in.
+#
+#   scripts/setup_vllm_env.sh            # create or reuse <repo>/.venv-vllm
+#   REVATI_VLLM_VENV=/path scripts/setup_vllm_env.sh   # keep the venv elsewhere (e.g. across clones)
+#   scripts/setup_vllm_env.sh --force    # rebuild even if the marker says it is complete
+#   scripts/setup_vllm_env.sh --check    # only say whether it is complete (exit 0) or not (1)
+#
+# Result: vllm==0.32.0 on the CPU build of torch==2.13.0, without torchvision / torchaudio /
+# torchcodec (PyPI's builds of them are CUDA builds that do not load beside torch 2.13.0+cpu;
+# vLLM's text-only import path does not need them), and this repository installed editable.
+# See docs/vllm-env.md.
+#
+# Idempotent: a marker file in the venv records the pinned versions, the checkout and a hash of
+# its packaging files. When it matches and the installed versions agree, nothing is installed.
+# Non-interactive (no prompts, stdin closed); fit for CI.
+set -euo pipefail
+
+VLLM_VERSION="0.32.0"
+TORCH_VERSION="2.13.0"
+# Installed by vLLM's requirements but unusable beside the CPU build of torch (see docs).
+BROKEN_BESIDE_CPU_TORCH=(torchvision torchaudio torchcodec)
+MARKER_SCHEMA="1"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${REVATI_VLLM_VENV:-$ROOT/.venv-vllm}"
+MARKER="$VENV/.revati-vllm-env"
+LOG="$VENV/setup.log"
+WHEEL_DIR="${REVATI_TORCH_WHEEL_DIR:-/opt/wheels}"
+
+FORCE=0
+CHECK_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        --check) CHECK_ONLY=1 ;;
+        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup_vllm_env: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+T0=$(date +%s)
+say() { printf '[setup_vllm_env %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die() { say "ERROR: $*" >&2; exit 1; }
+
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
+export VLLM_NO_USAGE_STATS=1
+exec </dev/null
+
+# --- helpers ------------------------------------------------------------------------------------
+pick_python() {
+    local c
+    for c in "${REVATI_PYTHON:-}" /root/.pyenv/versions/3.11.7/bin/python python3.11 python3; do
+        [ -n "$c" ] || continue
+        if command -v "$c" >/dev/null 2>&1 &&
+           "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    return 1
+}
+
+# Hash of what decides how this repo installs; a change re-runs its editable install.
+repo_hash() { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha256sum | cut -c1-16; }
+
+# The marker has two parts: the vLLM base (minutes to install) and this checkout's editable
+# install (seconds). A venv kept outside the checkout and reused by another clone only needs the
+# second part redone.
+base_marker() {
+    printf 'schema=%s\nvllm=%s\ntorch=%s+cpu\nremoved=%s\n' \
+        "$MARKER_SCHEMA" "$VLLM_VERSION" "$TORCH_VERSION" "${BROKEN_BESIDE_CPU_TORCH[*]}"
+}
+expected_marker() {
+    base_marker
+    printf 'repo=%s\nrepo_packaging=%s\n' "$ROOT" "$(repo_hash)"
+}
+
+# Cheap check of the installed versions (reads metadata only: no import of vllm or torch).
+base_ok() {
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - "$VLLM_VERSION" "$TORCH_VERSION" "${BROKEN_BESIDE_CPU_TORCH[@]}" <<'PY'
+import sys, importlib.metadata as md
+vllm_v, torch_v, *broken = sys.argv[1:]
+def ver(n):
+    try:
+        return md.version(n)
+    except md.PackageNotFoundError:
+        return None
+ok = ver("vllm") == vllm_v and ver("torch") == torch_v + "+cpu"
+ok = ok and all(ver(b) is None for b in broken)
+sys.exit(0 if ok else 1)
+PY
+}
+
+# Is revati installed, editable, from this checkout?
+revati_ok() {
+    "$VENV/bin/python" - "$ROOT" <<'PY'
+import sys, importlib.util, pathlib
+root = pathlib.Path(sys.argv[1]).resolve()
+spec = importlib.util.find_spec("revati.adapters")
+ok = spec is not None and spec.origin is not None and pathlib.Path(spec.origin).resolve().is_relative_to(root)
+sys.exit(0 if ok else 1)
+PY
+}
+
+# pip's full output goes to the log; the console gets one line per package and the errors.
+pip_() {
+    local rc
+    set +o pipefail
+    "$VPY" -m pip "$@" 2>&1 | tee -a "$LOG" |
+        grep -P --line-buffered '^(Collecting|Successfully|ERROR|WARNING: (?!Location ))' | sed -u 's/^/    /'
+    rc=${PIPESTATUS[0]}
+    set -o pipefail
+    return "$rc"
+}
+
+# --- 0. reuse -----------------------------------------------------------------------------------
+if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$(expected_marker)" ] &&
+   base_ok && revati_ok; then
+    say "reusing $VENV (vllm $VLLM_VERSION, torch $TORCH_VERSION+cpu, revati from $ROOT; marker matches)"
+    exit 0
+fi
+if [ "$CHECK_ONLY" = 1 ]; then
+    say "$VENV is missing or incomplete"
+    exit 1
+fi
+VPY="$VENV/bin/python"
+if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(head -n4 "$MARKER")" = "$(base_marker)" ] && base_ok; then
+    say "vLLM base in $VENV is complete; (re)installing revati editable from $ROOT"
+    rm -f "$MARKER"
+    : >>"$LOG"
+    # The venv already has setuptools (a torch dependency), so no isolated build env is needed.
+    pip_ install --no-build-isolation -e "$ROOT" || die "editable install of $ROOT failed (see $LOG)"
+    revati_ok || die "revati is not importable from $ROOT after the install"
+    expected_marker >"$MARKER"
+    say "done: $VENV is complete"
+    exit 0
+fi
+
+PY="$(pick_python)" || die "no Python 3.11 found (set REVATI_PYTHON)"
+say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
+say "venv:   $VENV"
+
+# --- 1. the venv --------------------------------------------------------------------------------
+rm -f "$MARKER"
+if [ -x "$VPY" ] && "$VPY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    say "step 1/6: reusing the existing, incomplete venv; pip installs what is missing"
+else
+    say "step 1/6: creating the venv"
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+fi
+: >"$LOG"
+
+say "step 2/6: upgrading pip in the venv"
+pip_ install --quiet --upgrade "pip>=25.1" || die "pip upgrade failed (see $LOG)"
+
+# --- 2. pip's site configuration: the torch cap ------------------------------------------------
+# This machine's pip configuration (/etc/xdg/pip) names a constraints file that caps torch and
+# torchvision. vLLM 0.32.0 needs torch==2.13.0, torchvision==0.28.0 and torchaudio==2.11.0 to
+# resolve. If a configured constraint excludes one of those, pip runs without the site
+# configuration (PIP_CONFIG_FILE=/dev/null) and the local wheel folder is passed explicitly.
+say "step 3/6: checking pip's configured constraints"
+CONFLICTS="$("$VPY" - <<'PY'
+import subprocess, sys
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+need = {"torch": "2.13.0", "torchvision": "0.28.0", "torchaudio": "2.11.0", "vllm": "0.32.0"}
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                     capture_output=True, text=True).stdout
+files = []
+for line in out.splitlines():
+    key, _, val = line.partition("=")
+    if key.endswith((".constraint", ".constraints")):
+        files += val.strip().strip("'\"").split()
+bad = []
+for f in files:
+    try:
+        lines = open(f).read().splitlines()
+    except OSError:
+        continue
+    for raw in lines:
+        raw = raw.split("#")[0].strip()
+        if not raw or raw.startswith("-"):
+            continue
+        try:
+            req = Requirement(raw)
+        except Exception:
+            continue
+        v = need.get(canonicalize_name(req.name))
+        if v is None:
+            continue
+        if req.specifier.contains(v, prereleases=True):
+            print(f"    {f}: '{raw}' admits {req.name}=={v}", file=sys.stderr)
+        else:
+            bad.append(f"{f}: '{raw}' excludes {req.name}=={v}")
+print("\n".join(bad))
+PY
+)"
+PIP_EXTRA=()
+if [ -n "$CONFLICTS" ]; then
+    say "pip's site constraints exclude a pinned version:"
+    printf '    %s\n' "$CONFLICTS"
+    say "running pip without the site configuration (PIP_CONFIG_FILE=/dev/null) for this install"
+    export PIP_CONFIG_FILE=/dev/null
+    unset PIP_CONSTRAINT || true
+else
+    say "configured constraints (if any) admit torch $TORCH_VERSION and vLLM's pins"
+fi
+
+# The CPU build of torch lies on local disk; naming the file keeps pip from ever taking PyPI's
+# multi-GB CUDA build of torch 2.13.0.
+TORCH_REQ="torch==$TORCH_VERSION"
+TORCH_WHEEL="$(ls "$WHEEL_DIR"/torch-"$TORCH_VERSION"+cpu-cp311-*.whl 2>/dev/null | head -n1 || true)"
+if [ -n "$TORCH_WHEEL" ]; then
+    say "torch: using the local CPU build $TORCH_WHEEL"
+    TORCH_REQ="$TORCH_WHEEL"
+    PIP_EXTRA+=(--find-links "$WHEEL_DIR")
+else
+    die "no torch-$TORCH_VERSION+cpu wheel in $WHEEL_DIR (set REVATI_TORCH_WHEEL_DIR); PyPI's torch $TORCH_VERSION is a CUDA build of several GB"
+fi
+
+# --- 3. vLLM and this repo, in one resolve -------------------------------------------------------
+say "step 4/6: installing vllm==$VLLM_VERSION, torch $TORCH_VERSION+cpu and revati (-e $ROOT); full log: $LOG"
+t_install=$(date +%s)
+pip_ install "${PIP_EXTRA[@]}" "$TORCH_REQ" "vllm==$VLLM_VERSION" -e "$ROOT" \
+    || die "pip install failed (see $LOG)"
+say "pip install took $(( $(date +%s) - t_install ))s"
+
+# --- 4. remove what cannot load beside torch 2.13.0+cpu ------------------------------------------
+# PyPI's torchvision 0.28.0 / torchaudio 2.11.0 / torchcodec are CUDA builds: their compiled parts
+# need libc10_cuda.so / libtorch_cuda.so, which the CPU torch does not ship ("operator
+# torchvision::nms does not exist" at `import vllm`). transformers and vLLM import them only when
+# installed, so the text-only import path is consistent without them.
+say "step 5/6: removing vision/audio packages that do not load beside torch $TORCH_VERSION+cpu"
+loads() {
+    case "$1" in
+        torchvision) "$VPY" -c "import torch, torchvision; torch.ops.torchvision.nms" ;;
+        torchaudio) "$VPY" -c "import torchaudio, torchaudio.functional" ;;
+        *) "$VPY" -c "import $1" ;;
+    esac >/dev/null 2>&1
+}
+for pkg in "${BROKEN_BESIDE_CPU_TORCH[@]}"; do
+    if "$VPY" -m pip show -q "$pkg" >/dev/null 2>&1; then
+        if loads "$pkg"; then state="it loads, removed anyway to keep the env as documented"; else state="does not load"; fi
+        "$VPY" -m pip uninstall -y -q "$pkg" >>"$LOG" 2>&1 || die "could not uninstall $pkg"
+        say "  removed $pkg ($state)"
+    fi
+done
+
+# --- 5. verify ----------------------------------------------------------------------------------
+say "step 6/6: verifying"
+"$VPY" - <<'PY' || die "import check failed"
+import importlib.metadata as md
+import vllm, vllm.entrypoints.openai.api_server  # noqa: F401
+import revati.adapters  # noqa: F401
+print(f"    vllm {vllm.__version__}, torch {md.version('torch')}, transformers {md.version('transformers')}, "
+      f"tokenizers {md.version('tokenizers')}, triton {md.version('triton')}")
+PY
+revati_ok || die "revati is not installed editable from $ROOT"
+# With no GPU and no platform plugin, vLLM resolves UnspecifiedPlatform and every `vllm`
+# subcommand dies while building its parser ("Failed to infer device type",
+# vllm/config/device.py:55): the CLI builds all subparsers, `serve` included. Revati's platform
+# plugin is what fixes that; this check names vLLM's CPU platform instead.
+VLLM_TARGET_DEVICE=cpu "$VENV/bin/vllm" --help >/dev/null 2>>"$LOG" \
+    || die "'vllm --help' failed (see $LOG)"
+say "  'vllm --help' ok (VLLM_TARGET_DEVICE=cpu)"
+VLLM_TARGET_DEVICE=cpu "$VENV/bin/vllm" bench serve --help >/dev/null 2>>"$LOG" \
+    || die "'vllm bench serve --help' failed (see $LOG)"
+say "  'vllm bench serve --help' ok (VLLM_TARGET_DEVICE=cpu)"
+
+expected_marker >"$MARKER"
+say "done: $VENV is complete ($(du -sh "$VENV" | cut -f1)); activate with: source $VENV/bin/activate"
