@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 from revati.revatid.protocol import HEADER, PROTOCOL_VERSION, pack
 
 # Bound before any clock hook can wrap them: a participant talks to revatid inside a freeze,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 import uvloop
+
 from revati.revatid import log as logsetup
 from revati.revatid.paths import SYSTEM_SOCKET, default_socket
 from revati.revatid.server import Connection, Daemon

@@ -32,6 +32,8 @@ def _switches(pid: int, tid: str) -> int:
 
 
 def alive(pid: int) -> bool:
+    if not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+
 from revati.revatid import attach
 from revati.revatid.gpu import BadBatch
 from revati.revatid.protocol import (
@@ -237,7 +238,7 @@ class Connection(asyncio.Protocol):
         pid, uid, _gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                       _CRED.size))
         self.peer_pid = pid
-        if uid != os.getuid() and os.getuid() != 0:
+        if uid not in (os.getuid(), 0):  # root may reach any user's daemon, as it can anyway
             self._send(error(None, ErrorCode.BAD_REQUEST, "connection refused: peer uid "
                              f"{uid} is not the daemon's uid {os.getuid()}"))
             log.warning("peer.refused", uid=uid, pid=pid)

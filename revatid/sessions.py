@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from revati.adapters.clock._vclock import MAX_SLOTS, Page
 from revati.predictors.skus import UnknownSku, canonical, spec
 from revati.revatid.gpu import GpuTimeline, Predictor

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from revati.revatid.client import Client
 
 REVATICTL = [sys.executable, "-m", "revati.revatid.ctl"]
