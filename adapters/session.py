@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import msgpack
+
 from revati.adapters import gpu_link
 from revati.adapters.clock import hooks
 from revati.adapters.clock.runtime import VirtualClock

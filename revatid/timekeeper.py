@@ -61,6 +61,7 @@ class Timekeeper:
         self.jumped_ns = 0
         self.decisions: Counter[str] = Counter()
         self._confirm: asyncio.TimerHandle | None = None
+        self._soon = False  # the last look was blocked by something that passes by itself
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="revati-timekeeper", daemon=True)
 
@@ -86,7 +87,9 @@ class Timekeeper:
 
     # -- decisions
     def _slots(self) -> Quiet | None:
-        """Quiescence as the slots tell it (shared-memory reads only)."""
+        """Quiescence as the slots tell it (shared-memory reads only). Sets self._soon when
+        what stands in the way passes by itself, with no poke to tell us."""
+        self._soon = True
         if self.page.freeze_stats()[0]:
             return None  # someone is inside Revati's own code
         members, activity, running = [], [], []
@@ -101,7 +104,10 @@ class Timekeeper:
             activity.append(act)
             running.append(threads > 0)
             deadline = min(deadline, dl)
-        if not members or deadline == NO_DEADLINE or self.joining():
+        if self.joining():
+            return None
+        self._soon = False
+        if not members or deadline == NO_DEADLINE:
             return None
         return Quiet(deadline, tuple(activity), members, running)
 
@@ -123,6 +129,8 @@ class Timekeeper:
             return
         quiet = self._slots()
         if quiet is None:
+            if self._soon:
+                self._confirm = self.loop.call_later(self.grace_s, self._retry)
             return
         if self.grace_s <= 0 and self._kernel_agrees(quiet):
             self._jump(quiet.deadline)
@@ -130,10 +138,16 @@ class Timekeeper:
         self._confirm = self.loop.call_later(self.grace_s, self._confirmed, quiet,
                                              self.grace_s)
 
+    def _retry(self) -> None:
+        self._confirm = None
+        self.check()
+
     def _confirmed(self, before: Quiet, delay: float) -> None:
         self._confirm = None
         quiet = self._slots()
         if quiet is None:
+            if self._soon:
+                self._confirm = self.loop.call_later(self.grace_s, self._retry)
             return
         if quiet.activity != before.activity or quiet.deadline != before.deadline:
             self.check()
