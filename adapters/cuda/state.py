@@ -1,0 +1,69 @@
+"""The process's virtual CUDA state: SKU, devices, allocators, link, and per-thread current
+device and stream. One instance, `S`, filled by `install()`."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import TYPE_CHECKING, Any
+
+from revati.adapters import gpu_link
+
+if TYPE_CHECKING:
+    import torch
+
+    from revati.adapters.cuda.allocator import DeviceMemory
+    from revati.adapters.cuda.oracle import TokenOracle
+    from revati.adapters.cuda.streams import Stream
+    from revati.adapters.gpu_link import GpuLink
+
+
+class _Thread(threading.local):
+    """CUDA keeps the current device and each device's current stream per host thread."""
+
+    def __init__(self) -> None:
+        self.device = 0
+        self.streams: list[Stream] = list(S.default_streams)
+
+
+class State:
+    def __init__(self) -> None:
+        self.installed = False
+        self.sku = ""
+        self.spec: dict[str, Any] = {}
+        self.num_gpus = 0
+        self.link_override: GpuLink | None = None
+        self.host_bytes = 0
+        self.host_float_bytes = 0
+        self.oracle: TokenOracle | None = None
+        self.mem: list[DeviceMemory] = []
+        self.devices: list[torch.device] = []
+        self.default_streams: list[Stream] = []
+        self.generators: list[torch.Generator] = []  # per device, for host-backed draws
+        self.thread: _Thread | None = None
+        self.event_ids = itertools.count(1)
+        self.graph_pools = itertools.count(1)
+
+    def link(self) -> GpuLink:
+        return self.link_override or gpu_link.current()
+
+    def device_index(self, device: Any = None) -> int:
+        """A device argument (None, int, str, torch.device) as a virtual device index."""
+        if device is None:
+            return self.thread.device  # type: ignore[union-attr]
+        if isinstance(device, int):
+            index = device
+        else:
+            import torch
+
+            device = torch.device(device)
+            if device.type != "cuda":
+                raise ValueError(f"Expected a cuda device, but got: {device}")
+            index = self.thread.device if device.index is None else device.index  # type: ignore[union-attr]
+        if not 0 <= index < self.num_gpus:
+            raise RuntimeError(f"CUDA error: invalid device ordinal {index} (this session has "
+                               f"{self.num_gpus} virtual {self.sku} GPU(s))")
+        return index
+
+
+S = State()
