@@ -1,0 +1,119 @@
+"""Virtual CUDA for PyTorch: `num_gpus` GPUs of a SKU, with no GPU.
+
+`install(sku, num_gpus)` runs once per process, at start-up (the session runtime calls it right
+after torch's import; calling it earlier imports torch itself). After it, unchanged PyTorch
+code sees `torch.cuda.is_available()`, creates `cuda:N` tensors, launches kernels, syncs,
+captures graphs and runs collectives; each kernel becomes a launch event on the GpuLink and
+each synchronisation a wait in virtual time. See docs/virtual-cuda.md.
+
+Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from revati.adapters.cuda.oracle import TokenOracle
+
+if TYPE_CHECKING:
+    from revati.adapters.cuda.state import State
+    from revati.adapters.gpu_link import GpuLink
+
+__all__ = ["DEFAULT_CONTEXT_BYTES", "DEFAULT_HOST_BYTES", "DEFAULT_HOST_FLOAT_BYTES",
+           "TokenOracle", "install", "is_installed", "set_oracle"]
+
+DEFAULT_HOST_BYTES = 1 << 20
+"""Integer and boolean allocations up to this size are host-backed: their values are real."""
+DEFAULT_HOST_FLOAT_BYTES = 16 << 10
+"""Floating point allocations up to this size are host-backed."""
+DEFAULT_CONTEXT_BYTES = 512 << 20
+"""Device memory the CUDA context and kernel images take before the first allocation."""
+
+_lock = threading.Lock()
+
+
+def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
+            host_bytes: int = DEFAULT_HOST_BYTES, host_float_bytes: int = DEFAULT_HOST_FLOAT_BYTES,
+            context_bytes: int = DEFAULT_CONTEXT_BYTES,
+            oracle: TokenOracle | None = None, nvml: bool = True,
+            distributed: bool = True) -> None:
+    """Present `num_gpus` virtual GPUs of `sku` (a key or alias of predictors/skus/specs.json)
+    to PyTorch in this process.
+
+    link: where launches and waits go; None uses the process's installed GpuLink
+        (revati.adapters.gpu_link.current()) at each use.
+    host_bytes, host_float_bytes: integer/boolean and floating point allocations up to this
+        many bytes keep real values (host-backed); larger ones are meta-backed.
+    context_bytes: device memory reserved by the CUDA context (not allocatable).
+    oracle: source of values read back that no kernel computed (default: TokenOracle()).
+    nvml: answer `import pynvml` with revati.adapters.cuda.nvml.
+    distributed: register the `revati` torch.distributed backend (nccl maps to it).
+
+    Idempotent: a second call with the same SKU and count only updates `link` and `oracle`.
+    """
+    from revati.predictors import skus
+
+    spec = skus.spec(sku)
+    if num_gpus < 1:
+        raise ValueError("num_gpus must be at least 1")
+    with _lock:
+        from revati.adapters.cuda.state import S
+
+        if S.installed:
+            if (skus.canonical(sku), num_gpus) != (S.sku, S.num_gpus):
+                raise RuntimeError(
+                    f"revati: virtual CUDA is already installed with {S.num_gpus} x {S.sku}; "
+                    f"cannot switch to {num_gpus} x {sku} in the same process")
+            if link is not None:
+                S.link_override = link
+            if oracle is not None:
+                S.oracle = oracle
+            return
+        _install(S, skus.canonical(sku), spec, num_gpus, link, (host_bytes, host_float_bytes),
+                 context_bytes, oracle or TokenOracle())
+    if nvml:
+        from revati.adapters.cuda import nvml as nvml_module
+
+        nvml_module.install_as_pynvml()
+    if distributed:
+        from revati.adapters.cuda import distributed as dist_module
+
+        dist_module.install()
+
+
+def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuLink | None,
+             host_bytes: tuple[int, int], context_bytes: int, oracle: TokenOracle) -> None:
+    import torch
+
+    from revati.adapters.cuda import guard, streams, surface, tensor
+    from revati.adapters.cuda.allocator import DeviceMemory
+    from revati.adapters.cuda.state import _Thread
+
+    S.sku, S.spec, S.num_gpus = sku, spec, num_gpus
+    S.link_override = link
+    S.host_bytes, S.host_float_bytes = host_bytes
+    S.oracle = oracle
+    S.mem = [DeviceMemory(i, spec["memory_bytes"], context_bytes) for i in range(num_gpus)]
+    S.devices = [torch.device("cuda", i) for i in range(num_gpus)]
+    S.generators = [torch.Generator("cpu") for _ in range(num_gpus)]
+    S.default_streams = [streams.Stream(i, stream_id=0) for i in range(num_gpus)]
+    S.thread = _Thread()
+    guard.install_cuda_guard()
+    tensor.register_kernels()
+    surface.patch()
+    S.installed = True
+
+
+def is_installed() -> bool:
+    from revati.adapters.cuda.state import S
+
+    return S.installed
+
+
+def set_oracle(oracle: TokenOracle) -> None:
+    """Replace the token oracle (framework glue does this once it knows the model's vocabulary
+    and EOS ids)."""
+    from revati.adapters.cuda.state import S
+
+    S.oracle = oracle
