@@ -1,5 +1,5 @@
 """Virtual-time costs: clock reads, hooked time.time(), jump latency, and the speed-up of the
-M/D/1 scenario (tests/scenarios/md1.py).
+M/D/1 scenario (revatid/demo/md1.py).
 
     python benchmarks/bench_timekeeper.py
 
@@ -65,7 +65,7 @@ def main() -> None:
         print(f"jump latency (500 sleeps)      p50 {percentile(lat, 0.5):6.1f} us   "
               f"p99 {percentile(lat, 0.99):6.1f} us")
 
-        md1 = os.path.join(os.path.dirname(__file__), "..", "tests", "scenarios", "md1.py")
+        md1 = os.path.join(os.path.dirname(__file__), "..", "revatid", "demo", "md1.py")
         ratios = []
         for seed in (1, 2, 3):
             with tempfile.NamedTemporaryFile(suffix=".json") as summary:

@@ -139,6 +139,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _stats_ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1e3
+
+    return {"mean": sum(ordered) / len(ordered) * 1e3, "median": q(0.5), "p99": q(0.99)}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default: a workload on virtual GPUs, no GPU and no download needed."""
+    if args.framework != "toy":
+        raise SystemExit(f"revatictl demo: --framework {args.framework} needs its adapter, "
+                         "which is not built yet; available: toy")
+    from revati.revatid.demo import md1
+
+    command = [sys.executable, md1.__file__, str(args.num_prompts), str(args.seed),
+               str(1.0 / args.request_rate), "llama8b"]
+    options = {"seed": args.seed, "name": "demo-toy"}
+    with daemon_for_run(args.socket) as sock:
+        with Client(sock) as c:
+            session = c.request("session.create", gpu=args.gpu, num_gpus=1,
+                                options=options)["session"]
+        out = subprocess.run(command, env=hook_env(sock, session["id"]), capture_output=True,
+                             text=True)
+        with Client(sock) as c:
+            final = c.request("session.stop", session=session["id"])["session"]
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return out.returncode
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    lat = _stats_ms(result["latencies"])
+    c = final["counters"]
+    report = {
+        "framework": "toy", "gpu": final["gpu"], "completed": len(result["latencies"]),
+        "request_rate": args.request_rate,
+        "mean_e2e_ms": lat["mean"], "median_e2e_ms": lat["median"], "p99_e2e_ms": lat["p99"],
+        "request_throughput": len(result["latencies"]) / result["virtual_span"],
+        "virtual_s": c["virtual_s"], "wall_s": c["wall_s"], "speedup": c["speedup"],
+    }
+    print(f"Toy server on a virtual {final.get('gpu_name', final['gpu'])}: one Llama-3.1-8B "
+          f"decode step (batch 1) per request, {args.num_prompts} requests at "
+          f"{args.request_rate} req/s (Poisson, seed {args.seed})")
+    print(f"  completed               {report['completed']}")
+    print(f"  E2E latency  mean {lat['mean']:.3f} ms   median {lat['median']:.3f} ms   "
+          f"p99 {lat['p99']:.3f} ms")
+    print(f"  request throughput      {report['request_throughput']:.2f} req/s")
+    print(summary_text(final))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="revatictl", description="Control the Revati daemon")
     ap.add_argument("--socket", help="daemon socket (default: $REVATI_SOCKET or "
@@ -170,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
     p.add_argument("command", nargs=argparse.REMAINDER)
 
+    p = sub.add_parser("demo", help="run the embedded default workload (no GPU, no download)")
+    p.add_argument("--framework", default="toy", choices=("toy", "vllm", "sglang"))
+    p.add_argument("--gpu", default="h100")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--request-rate", type=float, default=20.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the benchmark result and speed-up as JSON here")
+
     p = sub.add_parser("attach", help="move a running process tree onto a session's clock")
     p.add_argument("pid", type=int)
     p.add_argument("--session", required=True)
@@ -196,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "run":
         return cmd_run(args)
+    if args.cmd == "demo":
+        return cmd_demo(args)
     if args.cmd == "predictors":
         from revati.predictors.cli import main as predictors_main
 

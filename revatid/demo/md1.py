@@ -1,11 +1,15 @@
-"""An M/D/1 serving scenario for the virtual-time tests, run under `revatictl run`.
+"""An M/D/1 serving scenario: the virtual-time tests and `revatictl demo --framework toy`.
 
 Three processes, all session participants: an asyncio relay server, an "actor" that serves
 each request with one 20 ms kernel on its virtual GPU and a stream sync, and an asyncio client
 that sends N requests with seeded exponential gaps and records each request's latency with
 time.monotonic(). The client prints one JSON line: latencies and arrival offsets (s).
 
-    python md1.py [N] [SEED] [MEAN_GAP_S]
+    python md1.py [N] [SEED] [MEAN_GAP_S] [SERVICE]
+
+SERVICE is "kernel" (one kernel per request: its time is whatever the session predicts, a
+fixed 20 ms in the tests) or "llama8b" (the GEMMs of one Llama-3.1-8B decode step at batch
+1, predicted for the session's GPU).
 """
 
 from __future__ import annotations
@@ -41,11 +45,16 @@ def expected_latencies(arrive: list[float], service: float) -> list[float]:
     return out
 
 
-def actor(port: int, ready_file: str) -> None:
+# Llama-3.1-8B: hidden 4096, 32 layers, 32 heads / 8 KV heads of 128, MLP 14336, vocab 128256.
+LLAMA8B_STEP = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)] * 32 + [(128256, 4096)]
+
+
+def actor(port: int, ready_file: str, service: str) -> None:
     from revati.adapters.session import SessionLink, member
     from revati.predictors.launch import Family, LaunchEvent
 
     link = SessionLink(member())
+    shapes = LLAMA8B_STEP if service == "llama8b" else [(4096, 4096)]
     sock = socket.create_connection(("127.0.0.1", port))
     # Without it, Nagle holds a small reply in the kernel until an ACK that the peer delays:
     # a message in flight that no process can see (asyncio sets it on its own sockets).
@@ -53,9 +62,10 @@ def actor(port: int, ready_file: str) -> None:
     sock.sendall(b"actor\n")
     open(ready_file, "w").close()
     for line in sock.makefile("rb"):
-        # one kernel (20 ms under the session's fixed predictor), then wait for the stream
-        link.launch(LaunchEvent(Family.GEMM, "serve", "bf16", 0, 0, link.now_ns(),
-                                (4096, 4096, 4096, 1)))
+        # the service's kernels, then wait for the stream
+        for n, k in shapes:
+            link.launch(LaunchEvent(Family.GEMM, "aten::mm", "bf16", 0, 0, link.now_ns(),
+                                    (1, n, k, 1)))
         link.synchronize(0, 0)
         sock.sendall(line)
 
@@ -77,6 +87,10 @@ class Relay(asyncio.Protocol):
         else:
             self.peers["client"] = self.transport
             self.peers["actor"].write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is self.peers.get("actor") and "client" in self.peers:
+            self.peers["client"].close()  # the actor died: fail the client, do not hang it
 
 
 async def server(port_file: str) -> None:
@@ -114,6 +128,11 @@ class Client(asyncio.Protocol):
         if self.left == 0:
             self.done.set_result(None)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"server closed with {self.left} requests "
+                                                    "unanswered (did the actor fail?)"))
+
 
 async def client(port: int, n: int, seed: int, mean_gap: float) -> None:
     loop = asyncio.get_running_loop()
@@ -137,19 +156,14 @@ def _wait_for(path: str) -> None:
 
 
 def main() -> None:
-    n, seed, mean_gap = 200, 1, 0.05
-    if len(sys.argv) > 1:
-        n = int(sys.argv[1])
-    if len(sys.argv) > 2:
-        seed = int(sys.argv[2])
-    if len(sys.argv) > 3:
-        mean_gap = float(sys.argv[3])
+    args = sys.argv[1:] + ["200", "1", "0.05", "kernel"][len(sys.argv) - 1:]
+    n, seed, mean_gap, service = int(args[0]), int(args[1]), float(args[2]), args[3]
     base = f"/tmp/revati-md1-{os.getpid()}"
     srv = subprocess.Popen([sys.executable, HERE, "--server", base + ".port"])
     _wait_for(base + ".port")
     with open(base + ".port") as f:
         port = f.read()
-    act = subprocess.Popen([sys.executable, HERE, "--actor", port, base + ".actor"])
+    act = subprocess.Popen([sys.executable, HERE, "--actor", port, base + ".actor", service])
     _wait_for(base + ".actor")
     for suffix in (".port", ".actor"):
         os.unlink(base + suffix)
@@ -166,7 +180,7 @@ if __name__ == "__main__":
     if role == ["--server"]:
         asyncio.run(server(sys.argv[2]))
     elif role == ["--actor"]:
-        actor(int(sys.argv[2]), sys.argv[3])
+        actor(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif role == ["--client"]:
         asyncio.run(client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                            float(sys.argv[5])))

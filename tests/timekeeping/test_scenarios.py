@@ -8,8 +8,8 @@ import sys
 import time
 
 from revati.revatid.ctl import hook_env
+from revati.revatid.demo import md1
 from tests.conftest import REVATICTL, Daemon, revatictl_run
-from tests.scenarios import md1
 
 SERVICE_S = 0.02
 

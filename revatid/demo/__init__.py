@@ -1,0 +1,1 @@
+"""Embedded workloads for `revatictl demo` (no GPU, no download)."""

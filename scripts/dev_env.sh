@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with revati installed editable, its test tools and torch 2.13.0
+# (the CPU build, served from local disk here). Idempotent: a complete .venv is reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+marker=.venv/.revati-ready
+want="torch==2.13.0 $(sha256sum pyproject.toml setup.py adapters/clock/_vclock.c | sha256sum | cut -c1-16)"
+if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
+    exit 0
+fi
+echo "revati: preparing .venv (first run takes a few minutes)" >&2
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 'torch==2.13.0' >&2
+echo "$want" > "$marker"
