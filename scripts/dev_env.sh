@@ -10,7 +10,15 @@ if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
     exit 0
 fi
 echo "revati: preparing .venv (first run takes a few minutes)" >&2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 'torch==2.13.0' >&2
+if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+       .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]' 'torch==2.13.0'
+     } >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "revati: installing into .venv failed (full log above)" >&2
+    exit 1
+fi
 echo "$want" > "$marker"
+echo "revati: .venv ready" >&2
