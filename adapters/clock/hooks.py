@@ -7,9 +7,9 @@ runtime.VirtualClock) so that the timekeeper can jump when every participant wai
 
 Covered: time.time/monotonic/perf_counter (and _ns), time.sleep, datetime.now/utcnow/today,
 threading waits with timeouts (Condition, hence Event, Semaphore, Barrier, queue.Queue),
-Thread.join, subprocess waits, blocking socket receives and os.read, selectors (hence
-asyncio, whose loops the waker thread wakes at their virtual deadline), uvloop (replaced by
-the standard loop, whose clock can be virtualised) and zmq polls.
+Thread.join, subprocess waits and communicate, blocking socket receives and os.read,
+selectors (hence asyncio, whose loops the waker thread wakes at their virtual deadline),
+uvloop (replaced by the standard loop, whose clock can be virtualised) and zmq polls.
 """
 
 from __future__ import annotations
@@ -193,6 +193,17 @@ def _install_subprocess(clock: VirtualClock) -> None:
             return popen_wait(self)
 
     subprocess.Popen.wait = wait  # type: ignore[method-assign]
+    communicate = _keep("subprocess.Popen.communicate", subprocess.Popen.communicate)
+
+    def popen_communicate(self: subprocess.Popen, input: Any = None,
+                          timeout: float | None = None) -> Any:
+        if timeout is not None:
+            return communicate(self, input, timeout)
+        # Blocks in C reads of the child's pipes, which no other hook sees.
+        with clock.waiting():
+            return communicate(self, input)
+
+    subprocess.Popen.communicate = popen_communicate  # type: ignore[method-assign]
 
 
 def _install_os_read(clock: VirtualClock) -> None:

@@ -1,0 +1,133 @@
+"""The session's virtual GPUs: stream timelines, events, collectives and graphs, in revatid's
+GpuTimeline and through real participants."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from revati.predictors.launch import Collective, Family
+from revati.revatid.gpu import BadBatch, GpuTimeline
+from revati.revatid.protocol import ITEM_COLLECTIVE, ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT
+from revati.revatid.trace import Trace
+from tests.conftest import Daemon, revatictl_run
+
+
+class PerOp:
+    """Durations by op name."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.table = table
+
+    def predict(self, events: list) -> list[int]:
+        return [self.table[e.op] for e in events]
+
+
+def launch(op: str, t: int, stream: int = 0, device: int = 0) -> list:
+    return [ITEM_LAUNCH, int(Family.GEMM), op, "bf16", device, stream, t, [8, 8, 8, 1]]
+
+
+def coll(group: str, rank: int, t: int, ranks: int = 2) -> list:
+    return [ITEM_COLLECTIVE, group, rank, int(Family.COLLECTIVE), "all_reduce", "bf16", 0, 0, t,
+            [int(Collective.ALL_REDUCE), 1 << 20, ranks]]
+
+
+def timeline(**ops: int) -> GpuTimeline:
+    return GpuTimeline(lambda: PerOp(ops), Trace())
+
+
+def test_launches_queue_on_their_stream() -> None:
+    tl = timeline(a=100, b=50)
+    tl.submit(1, [launch("a", 0), launch("b", 10), launch("a", 500)])
+    assert tl.stream_ready(1, 0, 0) == 600  # 0-100, 100-150, then idle until 500-600
+    tl.submit(1, [launch("b", 0, stream=7)])
+    assert tl.stream_ready(1, 0, 7) == 50  # another stream runs alongside
+    assert tl.stream_ready(1, 0, None) == 600
+    assert tl.stream_ready(2, 0, 0) == 0  # another process's stream is its own
+    assert sum(k[5] for k in tl.trace.kernels) == 300
+
+
+def test_event_orders_two_streams() -> None:
+    tl = timeline(a=100)
+    tl.submit(1, [launch("a", 0), [ITEM_RECORD, 0, 0, 9], [ITEM_WAIT, 0, 1, 9],
+                  launch("a", 0, stream=1)])
+    assert tl.event_time(1, 9) == 100
+    assert tl.stream_ready(1, 0, 1) == 200
+
+
+def test_collective_completes_at_max_arrival_plus_duration() -> None:
+    tl = timeline(a=100, all_reduce=30)
+    tl.submit(1, [launch("a", 0), coll("g", 0, 0)])
+    assert tl.stream_ready(1, 0, 0) is None  # blocked until rank 1 arrives
+    tl.submit(1, [launch("a", 0)])  # queued behind the collective
+    tl.submit(2, [launch("a", 0), launch("a", 0), launch("a", 0), coll("g", 1, 0)])
+    assert tl.stream_ready(2, 0, 0) == 330  # rank 1 arrived last, at 300
+    assert tl.stream_ready(1, 0, 0) == 430  # 330, then the queued kernel
+    assert tl.collectives == 1
+
+
+def test_malformed_batch_changes_nothing() -> None:
+    tl = timeline(a=100)
+    with pytest.raises(BadBatch):
+        tl.submit(1, [launch("a", 0), [ITEM_LAUNCH, 99, "x"]])
+    assert tl.stream_ready(1, 0, 0) == 0
+    assert tl.launches == 0
+
+
+def test_graph_replays_as_one_launch() -> None:
+    tl = timeline(a=100, b=50)
+    gid = tl.register_graph(1, [[int(Family.GEMM), op, "bf16", 0, 0, 0, [1, 1, 1, 1]]
+                                for op in ("a", "b", "a")])
+    tl.submit(1, [[ITEM_LAUNCH, int(Family.GRAPH), "graph", "bf16", 0, 0, 0, [gid]]])
+    assert tl.stream_ready(1, 0, 0) == 250
+
+
+RANK = """
+import json, sys, time
+from revati.adapters.session import SessionLink, member
+from revati.predictors.launch import Collective, Family, LaunchEvent
+rank, kernels = int(sys.argv[1]), int(sys.argv[2])
+link = SessionLink(member())
+t0 = link.now_ns()
+for _ in range(kernels):
+    link.launch(LaunchEvent(Family.GEMM, "mm", "bf16", 0, 0, link.now_ns(), (8, 8, 8, 1)))
+link.collective(LaunchEvent(Family.COLLECTIVE, "all_reduce", "bf16", 0, 0, link.now_ns(),
+                            (int(Collective.ALL_REDUCE), 1 << 20, 2)), "tp", rank)
+end = link.synchronize(0, 0)
+print(json.dumps({"rank": rank, "t0": t0, "end": end}))
+"""
+
+
+def test_two_ranks_leave_a_collective_together(daemon: Daemon, tmp_path: Path) -> None:
+    """Rank 0 arrives after 1 kernel, rank 1 after 4 (every kernel, collectives too, takes
+    1 ms here): on both GPUs the all-reduce ends at rank 1's arrival + 1 ms, and each rank's
+    stream sync returns then."""
+    script = (
+        "import subprocess, sys\n"
+        f"code = {RANK!r}\n"
+        "ps = [subprocess.Popen([sys.executable, '-c', code, str(r), str(k)], "
+        "stdout=subprocess.PIPE, text=True) for r, k in ((0, 1), (1, 4))]\n"
+        "print('[' + ','.join(p.communicate()[0].strip() for p in ps) + ']')\n"
+    )
+    trace_file = tmp_path / "trace.json"
+    result, summary = revatictl_run(daemon, [sys.executable, "-c", script],
+                                    "--fixed-ns", "1000000", "--trace", str(trace_file))
+    assert result.returncode == 0, result.stderr
+    ranks = {r["rank"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])}
+    events = json.loads(trace_file.read_text())["traceEvents"]
+    reduce = {e["args"]["rank"]: e for e in events if e.get("cat") == "collective"}
+    kernels = sorted(e["ts"] + e["dur"] for e in events if e.get("cat") == "gemm")
+    assert set(reduce) == {0, 1}
+    last_arrival = max(e["args"]["arrival_us"] for e in reduce.values())
+    assert last_arrival == pytest.approx(kernels[-1])  # rank 1, after its 4th kernel
+    for e in reduce.values():
+        assert e["ts"] == pytest.approx(last_arrival) and e["dur"] == pytest.approx(1000.0)
+    done_ns = (last_arrival + 1000.0) * 1000
+    for r in ranks.values():
+        assert r["end"] >= done_ns - 1000
+    # the first rank to wake reads the completion time; the other may wait for a CPU
+    assert min(r["end"] for r in ranks.values()) - done_ns < 200_000
+    assert summary["counters"]["collectives"] == 1
