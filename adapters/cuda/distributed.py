@@ -56,10 +56,19 @@ def group_key(pg: Any) -> str:
     return key
 
 
+def _pg(obj: Any) -> Any:
+    """The ProcessGroup of a c10d op argument (the dispatcher hands it over boxed)."""
+    if isinstance(obj, torch.ScriptObject):
+        return torch.distributed.ProcessGroup.unbox(obj)
+    return obj
+
+
 def _work(result: Any) -> Any:
+    """A completed Work, boxed for the dispatcher. Completion on the host is immediate: as
+    with NCCL, the collective orders the stream, and the host waits only when it syncs."""
     fut: torch.futures.Future = torch.futures.Future()
     fut.set_result(result)
-    return torch._C._distributed_c10d._create_work_from_future(fut)
+    return torch._C._distributed_c10d._create_work_from_future(fut).boxed()
 
 
 def _device_of(xs: Sequence[Any]) -> tensor.VirtualTensor:
@@ -96,7 +105,7 @@ def _nbytes(t: torch.Tensor) -> int:
 def _on_pg(kind: Collective, shard: Callable[[Sequence[Any]], int], pg_pos: int,
            returns: Callable[[Sequence[Any], Any], Any]) -> Callable[..., Any]:
     def handle(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-        pg = args[pg_pos]
+        pg = _pg(args[pg_pos])
         collective(kind, _device_of(args[:pg_pos]), shard(args), pg.size(), group_key(pg),
                    pg.rank())
         return returns(args, _work(None))
@@ -142,7 +151,7 @@ def _gather_own(outs: Sequence[torch.Tensor], inp: torch.Tensor, rank: int) -> N
 
 
 def _allgather(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    outputs, inputs, pg = args[0], args[1], args[2]
+    outputs, inputs, pg = args[0], args[1], _pg(args[2])
     collective(Collective.ALL_GATHER, _device_of(inputs), _sum_bytes(inputs), pg.size(),
                group_key(pg), pg.rank())
     for outs, inp in zip(outputs, inputs, strict=True):
@@ -151,7 +160,7 @@ def _allgather(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str, Any]
 
 
 def _allgather_base(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    out, inp, pg = args[0], args[1], args[2]
+    out, inp, pg = args[0], args[1], _pg(args[2])
     collective(Collective.ALL_GATHER, inp, _nbytes(inp), pg.size(), group_key(pg), pg.rank())
     if out._a.host is not None and inp._a.host is not None and out.is_contiguous():
         shards = tensor.host_values(out).view(pg.size(), -1)
@@ -161,7 +170,7 @@ def _allgather_base(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str,
 
 def _p2p(sending: bool) -> Callable[..., Any]:
     def handle(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-        tensors, pg, peer = args[0], args[1], args[2]
+        tensors, pg, peer = args[0], _pg(args[1]), args[2]
         me = pg.rank()
         src, dst = (me, peer) if sending else (peer, me)
         collective(Collective.BROADCAST, _device_of(tensors), _sum_bytes(tensors), 2,
@@ -172,7 +181,7 @@ def _p2p(sending: bool) -> Callable[..., Any]:
 
 
 def _barrier(func: Any, info: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    t, pg = args[0], args[1]
+    t, pg = args[0], _pg(args[1])
     collective(Collective.BARRIER, t, 0, pg.size(), group_key(pg), pg.rank())
     tensor.sync_current(S.link(), t._d, "barrier")  # an NCCL barrier waits for the device
     return _work(None)

@@ -86,6 +86,10 @@ class VirtualTensor(torch.Tensor):
         # torch refuses tolist() on subclasses; on a GPU it is a blocking copy to the host
         return self.cpu().tolist()
 
+    def numpy(self, *, force: bool = False) -> Any:
+        raise TypeError(f"can't convert {self.device} device type tensor to numpy. Use "
+                        "Tensor.cpu() to copy the tensor to host memory first.")
+
     def data_ptr(self) -> int:
         return self._a.address + self.storage_offset() * self.element_size()
 
@@ -191,7 +195,8 @@ def sync_current(link: Any, dev: int, what: str) -> None:
 
 # -- per-op information, from the schema
 class _Info:
-    __slots__ = ("decompose", "handler", "inplace_view", "name", "nokernel", "outs", "view")
+    __slots__ = ("decompose", "handler", "inplace_view", "name", "nokernel", "outs", "random",
+                 "view")
 
     def __init__(self, func: Any) -> None:
         schema = func._schema
@@ -202,6 +207,7 @@ class _Info:
 
             self.handler = distributed.handler(self.name)
         self.inplace_view = torch.Tag.inplace_view in func.tags
+        self.random = any(a.name == "generator" and a.kwarg_only for a in schema.arguments)
         # Per return: (FRESH, _, _) or (VIEW|WRITE, arg position, arg name)
         self.outs: list[tuple[int, int, str]] = []
         for ret in schema.returns:
@@ -446,6 +452,7 @@ def _build_leaf(leaf: tuple[Any, ...], args: Sequence[Any], kwargs: dict[str, An
     if kind == WRITE:
         if src.shape != leaf[1] or src.stride() != leaf[2]:  # an out= tensor was resized
             resize(src, leaf[1], leaf[2])
+        src._a.origin = origin  # the error for an unreadable tensor names its last writer
         return src
     if type(src) is not VirtualTensor:
         src = src[0]
@@ -483,6 +490,8 @@ def _build(spec: Any, args: Sequence[Any], kwargs: dict[str, Any], dev: int, ori
 def _host_run(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any], dev: int,
               ) -> tuple[Any, list[torch.Tensor]]:
     hargs, hkwargs = _convert(args, _CPU, False), _convert_kw(kwargs, _CPU, False)
+    if info.random and hkwargs.get("generator") is None:  # draw from the device's generator
+        hkwargs = {**hkwargs, "generator": S.generators[dev]}
     hout = func(*hargs, **hkwargs)
     aliases = info.outs or [(FRESH, -1, "")]
 
