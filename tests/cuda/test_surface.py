@@ -1,0 +1,148 @@
+"""The torch.cuda / torch.accelerator / NVML surface reports the emulated SKU."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: virtual CUDA needs it")
+
+from revati.predictors import skus  # noqa: E402
+from tests.cuda.conftest import NUM_GPUS, RecordingLink  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+H100 = skus.spec("h100")
+
+
+def test_devices(vcuda: Any, link: RecordingLink) -> None:
+    assert torch.cuda.is_available() and torch.cuda.is_initialized()
+    assert torch.cuda.device_count() == NUM_GPUS
+    assert torch.cuda.get_device_name() == "NVIDIA H100 80GB HBM3"
+    assert torch.cuda.get_device_capability(1) == (9, 0)
+    props = torch.cuda.get_device_properties(0)
+    assert props.total_memory == H100["memory_bytes"]
+    assert props.multi_processor_count == 132
+    assert props.L2_cache_size == H100["l2_bytes"]
+    assert (props.major, props.minor) == (9, 0)
+    assert torch.cuda.is_bf16_supported()
+    assert "sm_90" in torch.cuda.get_arch_list()
+    assert torch.backends.cuda.is_built()
+    assert torch.version.cuda is not None
+
+
+def test_current_device(vcuda: Any, link: RecordingLink) -> None:
+    assert torch.cuda.current_device() == 0
+    with torch.cuda.device(1):
+        assert torch.cuda.current_device() == 1
+        assert torch.empty(3, device="cuda").device == torch.device("cuda", 1)
+    assert torch.cuda.current_device() == 0
+    torch.cuda.set_device("cuda:1")
+    assert torch.accelerator.current_device_index() == 1
+    torch.accelerator.set_device_index(0)
+    assert torch.cuda.current_device() == 0
+    with pytest.raises(RuntimeError, match="invalid device ordinal"):
+        torch.cuda.set_device(NUM_GPUS)
+    x = torch.ones(2, device="cuda:1")
+    with torch.cuda.device_of(x):
+        assert torch.cuda.current_device() == 1
+
+
+def test_accelerator(vcuda: Any, link: RecordingLink) -> None:
+    acc = torch.accelerator
+    assert acc.is_available() and acc.device_count() == NUM_GPUS
+    assert acc.current_accelerator() == torch.device("cuda")
+    assert acc.current_stream() is torch.cuda.current_stream()
+    assert acc.get_memory_info() == torch.cuda.mem_get_info()
+    assert acc.memory_allocated() == torch.cuda.memory_allocated()
+    x = torch.ones(1024, device="cuda")
+    acc.synchronize()
+    assert link.syncs[-1] == ("stream", (0, None))
+    del x
+
+
+def test_memory_counters_follow_the_allocator(vcuda: Any, link: RecordingLink) -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(1)
+    free0, total = torch.cuda.mem_get_info(1)
+    assert total == H100["memory_bytes"]
+    torch.cuda.reset_peak_memory_stats(1)
+    x = torch.empty(1000, 1000, device="cuda:1")  # 4,000,000 bytes -> 512-byte blocks
+    assert torch.cuda.memory_allocated(1) - base == 4_000_256
+    assert torch.cuda.memory_reserved(1) >= torch.cuda.memory_allocated(1)
+    assert torch.cuda.mem_get_info(1)[0] < free0
+    view = x[10:20]
+    assert torch.cuda.memory_allocated(1) - base == 4_000_256  # a view allocates nothing
+    del x
+    assert torch.cuda.memory_allocated(1) - base == 4_000_256  # the view keeps the block
+    del view
+    assert torch.cuda.memory_allocated(1) == base
+    assert torch.cuda.max_memory_allocated(1) - base == 4_000_256
+    stats = torch.cuda.memory_stats(1)
+    assert stats["allocated_bytes.all.peak"] == torch.cuda.max_memory_allocated(1)
+    assert stats["reserved_bytes.all.current"] == torch.cuda.memory_reserved(1)
+    torch.cuda.empty_cache()
+    assert torch.cuda.mem_get_info(1)[0] == free0
+
+
+def test_oom_message(vcuda: Any, link: RecordingLink) -> None:
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        torch.empty(100 << 30, dtype=torch.uint8, device="cuda")
+    text = str(info.value)
+    assert text.startswith("CUDA out of memory. Tried to allocate 100.00 GiB. GPU 0 has a "
+                           "total capacity of 79.19 GiB of which ")
+    assert "is reserved by PyTorch but unallocated" in text
+    assert isinstance(info.value, torch.cuda.OutOfMemoryError)
+
+
+def test_random_state(vcuda: Any, link: RecordingLink) -> None:
+    torch.cuda.manual_seed(1234)
+    a = torch.rand(8, device="cuda").tolist()
+    torch.cuda.manual_seed(1234)
+    b = torch.rand(8, device="cuda").tolist()
+    assert a == b
+    g = torch.Generator(device="cuda")
+    assert g.device == torch.device("cuda", 0)
+    g.manual_seed(7)
+    c = torch.randn(4, device="cuda", generator=g)
+    assert c.device.type == "cuda"
+    assert isinstance(torch.default_generator, torch.Generator)
+    assert torch.cuda.get_rng_state().dtype == torch.uint8
+
+
+def test_nvtx_and_misc(vcuda: Any, link: RecordingLink) -> None:
+    torch.cuda.nvtx.range_push("step")
+    torch.cuda.nvtx.range_pop()
+    with torch.cuda.nvtx.range("step"):
+        pass
+    assert torch.cuda.current_blas_handle() == 0
+    assert not torch.cuda.is_current_stream_capturing()
+
+
+def test_nvml_stands_in_for_pynvml(vcuda: Any, link: RecordingLink) -> None:
+    import pynvml
+
+    from revati.adapters.cuda import nvml
+
+    assert pynvml is nvml
+    pynvml.nvmlInit()
+    try:
+        assert pynvml.nvmlDeviceGetCount() == NUM_GPUS
+        handle = pynvml.nvmlDeviceGetHandleByIndex(1)
+        assert pynvml.nvmlDeviceGetName(handle) == "NVIDIA H100 80GB HBM3"
+        assert pynvml.nvmlDeviceGetCudaComputeCapability(handle) == (9, 0)
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        free, total = torch.cuda.mem_get_info(1)
+        assert (info.total, info.free, info.used) == (total, free, total - free)
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        assert pynvml.nvmlDeviceGetHandleByUUID(uuid) == handle
+        other = pynvml.nvmlDeviceGetHandleByIndex(0)
+        assert pynvml.nvmlDeviceGetP2PStatus(
+            handle, other, pynvml.NVML_P2P_CAPS_INDEX_NVLINK) == pynvml.NVML_P2P_STATUS_OK
+        with pytest.raises(pynvml.NVMLError):
+            pynvml.nvmlDeviceGetHandleByIndex(NUM_GPUS)
+    finally:
+        pynvml.nvmlShutdown()

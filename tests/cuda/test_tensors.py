@@ -1,0 +1,208 @@
+"""Virtual tensors: how they are made, which keep values, what reading them costs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: virtual CUDA needs it")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from revati.predictors.launch import CopyDirection, Family  # noqa: E402
+from tests.cuda.conftest import RecordingLink  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def is_virtual(t: Any, device: str = "cuda:0") -> bool:
+    from revati.adapters.cuda.tensor import VirtualTensor
+
+    return type(t) is VirtualTensor and t.device == torch.device(device) and t.is_cuda
+
+
+def test_every_way_to_make_a_cuda_tensor(vcuda: Any, link: RecordingLink) -> None:
+    made = {
+        "empty": torch.empty(2, 3, device="cuda"),
+        "zeros": torch.zeros(4, device="cuda"),
+        "full": torch.full((2,), 7, device="cuda"),
+        "arange": torch.arange(5, device="cuda"),
+        "rand": torch.rand(3, device="cuda"),
+        "tensor": torch.tensor([1, 2, 3], device="cuda"),
+        "as_tensor": torch.as_tensor([1.5, 2.5], device="cuda"),
+        "to": torch.ones(2).to("cuda"),
+        "to non_blocking": torch.ones(2).to("cuda", non_blocking=True),
+        "cuda()": torch.ones(2).cuda(),
+        "from_numpy": torch.from_numpy(np.arange(4)).cuda(),
+        "zeros_like": torch.zeros_like(torch.ones(3), device="cuda"),
+        "new_zeros": torch.ones(2, device="cuda").new_zeros(5),
+        "device context": _in_device_context(),
+        "module": nn.Linear(4, 4, device="cuda").weight,
+    }
+    for name, t in made.items():
+        assert is_virtual(t), name
+    assert made["full"].tolist() == [7, 7]
+    assert made["arange"].tolist() == [0, 1, 2, 3, 4]
+    assert made["tensor"].tolist() == [1, 2, 3]
+    assert made["as_tensor"].tolist() == [1.5, 2.5]
+    assert made["from_numpy"].tolist() == [0, 1, 2, 3]
+    assert made["new_zeros"].tolist() == [0.0] * 5
+    assert is_virtual(torch.ones(2, device="cuda:1"), "cuda:1")
+    assert is_virtual(torch.ones(2).to(torch.device("cuda", 1)), "cuda:1")
+
+
+def _in_device_context() -> Any:
+    with torch.device("cuda"):
+        return torch.empty(3)
+
+
+def test_small_tensors_keep_true_values(vcuda: Any, link: RecordingLink) -> None:
+    t = torch.arange(10, device="cuda")
+    assert (t * 2).cumsum(0).tolist() == [0, 2, 6, 12, 20, 30, 42, 56, 72, 90]
+    assert t[t > 6].tolist() == [7, 8, 9]  # data-dependent shape: computed on the values
+    assert torch.where(t > 7, t, -t).tolist() == [0, -1, -2, -3, -4, -5, -6, -7, 8, 9]
+    assert t.sort(descending=True).values[:3].tolist() == [9, 8, 7]
+    assert torch.topk(t.float(), 2).indices.tolist() == [9, 8]
+    positions = torch.zeros(4, dtype=torch.long, device="cuda")
+    positions[1:] = torch.tensor([5, 6, 7], device="cuda")
+    positions += 1
+    assert positions.tolist() == [1, 6, 7, 8]
+    assert int(positions.sum()) == 22 and bool((positions > 0).all())
+    out = torch.empty(0, device="cuda")
+    torch.add(torch.ones(3, device="cuda"), 1, out=out)  # out= resizes the virtual tensor
+    assert out.shape == (3,) and out.tolist() == [2.0, 2.0, 2.0]
+    x = torch.ones(3, device="cuda")
+    x.unsqueeze_(0)
+    assert x.shape == (1, 3)
+    x.t_()
+    assert x.shape == (3, 1) and x.tolist() == [[1.0], [1.0], [1.0]]
+
+
+def test_large_tensors_are_meta_backed(vcuda: Any, link: RecordingLink) -> None:
+    from revati.adapters.cuda.tensor import ValuesUnavailable
+
+    a = torch.randn(2048, 2048, device="cuda")
+    c = a @ a
+    assert c._a.host is None and is_virtual(c)
+    with pytest.raises(ValuesUnavailable, match=r"produced by aten::mm"):
+        c.tolist()
+    c.add_(1)
+    with pytest.raises(ValuesUnavailable, match=r"produced by aten::add_"):
+        c.cpu()
+    assert "produced_by=aten::add_" in repr(c)
+    assert c.sum().item() == 0.0  # a scalar no kernel computed: from the oracle
+    with pytest.raises(TypeError, match="can't convert cuda:0 device type tensor to numpy"):
+        c.numpy()
+
+
+def test_sampled_tokens_come_from_the_oracle(vcuda: Any, link: RecordingLink) -> None:
+    from revati.adapters.cuda import TokenOracle, set_oracle
+    from revati.adapters.cuda.state import S
+
+    saved = S.oracle
+    try:
+        logits = torch.empty(16, 128256, device="cuda", dtype=torch.bfloat16)
+        set_oracle(TokenOracle(vocab_size=128256, eos_ids=[128001, 128009], seed=3))
+        ids = logits.argmax(-1)
+        first = ids.tolist()
+        assert ids.tolist() == first  # read twice, same values
+        assert ids[4:8].tolist() == first[4:8]  # a view sees the same values
+        assert all(0 <= t < 128256 and t not in (128001, 128009) for t in first)
+        set_oracle(TokenOracle(vocab_size=128256, eos_ids=[128001, 128009], seed=3))
+        assert logits.argmax(-1).tolist() == first  # deterministic per seed
+        probs = torch.softmax(logits.float(), -1)
+        assert torch.multinomial(probs, 1).view(-1).tolist() != first
+    finally:
+        set_oracle(saved)
+
+
+def test_reads_wait_for_the_stream(vcuda: Any, link: RecordingLink) -> None:
+    a = torch.empty(1024, 1024, device="cuda")
+    b = a @ a
+    torch.cuda.synchronize()
+    t0 = link.clock
+    (b @ b).sum().item()  # mm, sum, then the one-element copy to the host
+    assert link.clock - t0 == 3 * link.duration_ns
+    t1, n1 = link.clock, len(link.launches)
+    small = torch.ones(8, device="cuda") * 2
+    assert small.tolist() == [2.0] * 8
+    assert [e.op for e in link.launches[n1:]] == ["aten::fill_", "aten::mul", "aten::_to_copy"]
+    assert link.clock - t1 == 3 * link.duration_ns
+    small.add_(1)
+    host = torch.empty(8)
+    host.copy_(small)  # a blocking copy into pageable memory waits
+    assert host.tolist() == [3.0] * 8 and link.syncs[-1] == ("stream", (0, 0))
+    small.add_(1)
+    pinned = torch.empty(8, pin_memory=True)
+    assert pinned.is_pinned()
+    n = len(link.syncs)
+    pinned.copy_(small, non_blocking=True)  # async into pinned memory: no wait
+    small.to("cpu", non_blocking=True)
+    assert len(link.syncs) == n
+    copies = [e for e in link.launches if e.family == Family.HOST_COPY]
+    assert copies[-1].feats == (32, CopyDirection.D2H)
+    assert pinned.tolist() == [4.0] * 8
+    assert torch.ones(3).pin_memory().is_pinned()
+
+
+def test_host_to_device_and_peer_copies(vcuda: Any, link: RecordingLink) -> None:
+    big = torch.zeros(1024, 1024).to("cuda")
+    h2d = link.launches[-1]
+    assert h2d.family == Family.HOST_COPY and h2d.feats == (4 << 20, CopyDirection.H2D)
+    assert big._a.host is None
+    small = torch.arange(6, device="cuda")
+    moved = small.to("cuda:1")
+    p2p = link.launches[-1]
+    assert p2p.family == Family.P2P and p2p.device == 1 and p2p.feats == (48, 0)
+    assert is_virtual(moved, "cuda:1") and moved.tolist() == list(range(6))
+    into = torch.empty(6, dtype=torch.long, device="cuda:1")
+    into.copy_(small)
+    assert into.tolist() == list(range(6))
+
+
+def test_ops_of_framework_code(vcuda: Any, link: RecordingLink) -> None:
+    @torch.library.custom_op("revati_test::scale", mutates_args=())
+    def scale(x: torch.Tensor, f: float) -> torch.Tensor:
+        return x * f
+
+    @scale.register_fake
+    def _(x: torch.Tensor, f: float) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    assert scale(torch.ones(4, device="cuda"), 3.0).tolist() == [3.0] * 4
+    big = torch.ops.revati_test.scale(torch.empty(4096, 4096, device="cuda"), 2.0)
+    assert big.shape == (4096, 4096) and link.launches[-1].op == "revati_test::scale"
+    emb = nn.Embedding(1000, 64, device="cuda")
+    norm = nn.LayerNorm(64, device="cuda")
+    with torch.inference_mode():
+        y = F.softmax(norm(emb(torch.tensor([[1, 2, 3]], device="cuda"))), -1)
+    assert y.shape == (1, 3, 64) and is_virtual(y)
+    ops = [e.op for e in link.launches[-3:]]
+    assert ops == ["aten::embedding", "aten::layer_norm", "aten::_softmax"] or \
+        ops[-1] in ("aten::softmax", "aten::_softmax")
+
+
+def test_views_and_addresses(vcuda: Any, link: RecordingLink) -> None:
+    x = torch.empty(64, 64, device="cuda")
+    assert x.data_ptr() != 0
+    assert x[1].data_ptr() - x.data_ptr() == 64 * 4
+    assert x.view(-1).view(torch.int8)[256:].data_ptr() - x.data_ptr() == 256
+    y = torch.empty(64, 64, device="cuda")
+    assert abs(y.data_ptr() - x.data_ptr()) >= 64 * 64 * 4
+    n = len(link.launches)
+    x.t().contiguous()[3:, ::2].unsqueeze(0).expand(2, -1, -1)
+    assert [e.op for e in link.launches[n:]] == ["aten::clone"]
+
+
+def test_streams_are_per_thread(vcuda: Any, link: RecordingLink) -> None:
+    side = torch.cuda.Stream()
+    seen = []
+    with torch.cuda.stream(side):
+        thread = threading.Thread(target=lambda: seen.append(torch.cuda.current_stream()))
+        thread.start()
+        thread.join()
+        assert torch.cuda.current_stream() is side
+    assert seen == [torch.cuda.default_stream()]
