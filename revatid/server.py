@@ -54,7 +54,7 @@ class Daemon:
 
     def _reap(self) -> None:
         for s in list(self.sessions.values()):
-            s.reap_dead()
+            s.watchdog()
         self._reaper = self.loop.call_later(REAP_PERIOD_S, self._reap)
 
     def session(self, sid: str) -> Session:
@@ -176,6 +176,9 @@ class Daemon:
         t = ready()
         if t is not None:
             p.pending_wake = s.page.slot_read(p.slot)[2]
+            now = s.page.now()
+            if t > now:
+                s.trace.wait(p.pid, what, now, t)
             return {"ready_ns": t}
         if not wait:
             return {"pending": True}

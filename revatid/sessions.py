@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from revati.adapters.clock._vclock import MAX_SLOTS, Page
+from revati.adapters.clock._vclock import MAX_SLOTS, NO_DEADLINE, Page
 from revati.predictors.skus import UnknownSku, canonical, spec
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
@@ -38,6 +38,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "grace_us": 50,  # quiescence must hold this long before a jump
     "proc_check": True,  # no jump while a participant's thread is runnable
     "linger_s": 5.0,  # a session with no participants ends after this long
+    "stuck_warn_s": 10.0,  # the watchdog warns about a clock stuck for this long
     "fixed_ns": None,  # predictor: every kernel takes this long (tests)
     "seed": 0,
     "name": "",
@@ -61,7 +62,7 @@ class Participant:
         _pid, running, _activity, deadline, waits, _freezes = page.slot_read(self.slot)
         return {"pid": self.pid, "role": self.role, "name": self.name, "slot": self.slot,
                 "state": "running" if running > 0 else "waiting", "running_threads": running,
-                "deadline_ns": None if deadline == 2**63 - 1 else deadline,
+                "deadline_ns": None if deadline == NO_DEADLINE else deadline,
                 "hooked_waits": waits}
 
 
@@ -121,6 +122,8 @@ class Session:
             on_jump=self.trace.jump)
         self.timekeeper.start()
         self._linger: asyncio.TimerHandle | None = None
+        self._stuck_since: float | None = None
+        self._warned = False
         self._arm_linger()
         self.log.info("session.created", gpu=self.gpu, num_gpus=num_gpus,
                       options={k: v for k, v in self.options.items() if v != DEFAULT_OPTIONS[k]})
@@ -171,10 +174,29 @@ class Session:
         if not self.participants:
             self._arm_linger()
 
-    def reap_dead(self) -> None:
+    def watchdog(self) -> None:
+        """Once a second: remove participants that died, and say when the clock is stuck."""
         for p in list(self.participants.values()):
             if not alive(p.pid):
                 self.leave(p, "died")
+        held, _frozen, _n, idle = self.page.freeze_stats()
+        stuck = None
+        if held:
+            stuck = "a participant has been inside Revati's code (clock frozen)"
+        elif idle and self.participants and all(
+                self.page.slot_read(p.slot)[3] == NO_DEADLINE
+                for p in self.participants.values()):
+            stuck = "every participant waits with no deadline (deadlock, or input from outside)"
+        now = time.monotonic()
+        if stuck is None:
+            self._stuck_since = None
+        elif self._stuck_since is None:
+            self._stuck_since = now
+        elif now - self._stuck_since > self.options["stuck_warn_s"] and not self._warned:
+            self._warned = True
+            self.log.warning("session.stuck", why=stuck, seconds=round(now - self._stuck_since))
+        if stuck is None:
+            self._warned = False
 
     def _arm_linger(self) -> None:
         if self.state == "running":

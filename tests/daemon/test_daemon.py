@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from revati.revatid.client import Client, DaemonError
+from revati.revatid.ctl import hook_env
 from revati.revatid.protocol import MAX_FRAME, PROTOCOL_VERSION
 from tests.conftest import REVATICTL, Daemon, revatictl_run, start_daemon
 
@@ -320,3 +321,27 @@ def test_revatictl_json_listing(daemon: Daemon) -> None:
     out = subprocess.run([*REVATICTL, "--socket", str(daemon.socket), "status", sid, "--json"],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["id"] == sid
+
+
+def test_watchdog_reports_a_session_where_everyone_waits_forever(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        sid = c.request("session.create", options={"stuck_warn_s": 0.5})["session"]["id"]
+    env = hook_env(str(daemon.socket), sid)
+    proc = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"],
+                            env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while "session.stuck" not in daemon.log.read_text():
+            assert time.monotonic() < deadline, daemon.log.read_text()[-2000:]
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "every participant waits with no deadline" in daemon.log.read_text()
+    with daemon.client() as c:  # the dead participant is removed
+        for _ in range(50):
+            status = c.request("session.status", session=sid)["session"]
+            if not status["participants"]:
+                break
+            time.sleep(0.1)
+        assert status["participants"] == []
