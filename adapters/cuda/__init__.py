@@ -88,7 +88,7 @@ def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuL
 
     from revati.adapters.cuda import guard, streams, surface, tensor
     from revati.adapters.cuda.allocator import DeviceMemory
-    from revati.adapters.cuda.state import _Thread
+    from revati.adapters.cuda.state import THREAD
 
     S.sku, S.spec, S.num_gpus = sku, spec, num_gpus
     S.link_override = link
@@ -98,7 +98,7 @@ def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuL
     S.devices = [torch.device("cuda", i) for i in range(num_gpus)]
     S.generators = [torch.Generator("cpu") for _ in range(num_gpus)]
     S.default_streams = [streams.Stream(i, stream_id=0) for i in range(num_gpus)]
-    S.thread = _Thread()
+    THREAD.__init__()
     guard.install_cuda_guard()
     tensor.register_kernels()
     surface.patch()

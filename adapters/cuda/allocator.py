@@ -15,7 +15,6 @@ them dies (plain reference counting, as the real allocator frees on the last sto
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 BLOCK = 512
@@ -52,7 +51,7 @@ class DeviceMemory:
         self.alloc_count = 0
         self.free_count = 0
         self.num_ooms = 0
-        self._addresses = itertools.count(ADDRESS_BASE + (index << 40), BLOCK)
+        self.next_address = ADDRESS_BASE + (index << 40)
 
     @property
     def free_bytes(self) -> int:
@@ -61,7 +60,7 @@ class DeviceMemory:
 
     def allocate(self, nbytes: int) -> tuple[int, int]:
         """Account one allocation; returns (rounded size, virtual address)."""
-        size = _round(nbytes, BLOCK) if nbytes else 0
+        size = -(-nbytes // BLOCK) * BLOCK
         allocated = self.allocated + size
         if allocated > self.total - self.context_bytes:
             self.num_ooms += 1
@@ -73,12 +72,11 @@ class DeviceMemory:
             self.reserved = min(_round(allocated, SEGMENT), self.total - self.context_bytes)
             self.peak_reserved = max(self.peak_reserved, self.reserved)
         self.live += 1
-        self.peak_live = max(self.peak_live, self.live)
+        if self.live > self.peak_live:
+            self.peak_live = self.live
         self.alloc_count += 1
-        address = next(self._addresses)
-        # Skip the rest of a large block so that addresses of live tensors never overlap.
-        if size > BLOCK:
-            self._addresses = itertools.count(address + size, BLOCK)
+        address = self.next_address  # addresses of live tensors never overlap
+        self.next_address = address + (size or BLOCK)
         return size, address
 
     def release(self, size: int) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from revati.adapters.cuda import ops, tensor
-from revati.adapters.cuda.state import S
+from revati.adapters.cuda.state import THREAD, S
 from revati.predictors.launch import Collective, Family, LaunchEvent
 
 _keys: dict[str, str] = {}
@@ -88,7 +88,7 @@ def collective(kind: Collective, like: tensor.VirtualTensor, nbytes: int, ranks:
     link = S.link()
     dev = like._d
     with link.freeze():
-        stream = S.thread.streams[dev]  # type: ignore[union-attr]
+        stream = THREAD.streams[dev]
         ev = LaunchEvent(int(Family.COLLECTIVE), f"nccl:{kind.name.lower()}",
                          ops.dtype_name(like.dtype), dev, stream.stream_id, link.now_ns(),
                          (int(kind), nbytes, ranks))

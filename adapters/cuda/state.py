@@ -38,9 +38,8 @@ class State:
         self.oracle: TokenOracle | None = None
         self.mem: list[DeviceMemory] = []
         self.devices: list[torch.device] = []
-        self.default_streams: list[Stream] = []
+        self.default_streams: list[Stream] = []  # THREAD copies them for each new thread
         self.generators: list[torch.Generator] = []  # per device, for host-backed draws
-        self.thread: _Thread | None = None
         self.event_ids = itertools.count(1)
         self.graph_pools = itertools.count(1)
 
@@ -50,7 +49,7 @@ class State:
     def device_index(self, device: Any = None) -> int:
         """A device argument (None, int, str, torch.device) as a virtual device index."""
         if device is None:
-            return self.thread.device  # type: ignore[union-attr]
+            return THREAD.device
         if isinstance(device, int):
             index = device
         else:
@@ -59,7 +58,7 @@ class State:
             device = torch.device(device)
             if device.type != "cuda":
                 raise ValueError(f"Expected a cuda device, but got: {device}")
-            index = self.thread.device if device.index is None else device.index  # type: ignore[union-attr]
+            index = THREAD.device if device.index is None else device.index
         if not 0 <= index < self.num_gpus:
             raise RuntimeError(f"CUDA error: invalid device ordinal {index} (this session has "
                                f"{self.num_gpus} virtual {self.sku} GPU(s))")
@@ -67,3 +66,4 @@ class State:
 
 
 S = State()
+THREAD = _Thread()  # install() runs __init__ again in its thread, once default streams exist

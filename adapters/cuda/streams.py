@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from revati.adapters.cuda.state import S
+from revati.adapters.cuda.state import THREAD, S
 
 if TYPE_CHECKING:
     from revati.adapters.cuda.graphs import CUDAGraph
@@ -25,7 +25,7 @@ _stream_ids: dict[int, itertools.count] = {}
 
 def check_not_capturing(what: str) -> None:
     """CUDA refuses host syncs while the current stream captures a graph; so do we."""
-    stream = S.thread.streams[S.thread.device]  # type: ignore[union-attr]
+    stream = THREAD.streams[THREAD.device]
     if stream.capture is not None:
         raise RuntimeError(f"CUDA error: operation not permitted when stream is capturing "
                            f"({what} during CUDA graph capture)")
@@ -104,12 +104,12 @@ class Event(torch.Event):
 
     @property
     def device(self) -> torch.device:  # type: ignore[override]
-        index = S.thread.device if self.device_index is None else self.device_index  # type: ignore[union-attr]
+        index = THREAD.device if self.device_index is None else self.device_index
         return torch.device("cuda", index)
 
     def record(self, stream: Stream | None = None) -> None:
         if stream is None:
-            stream = S.thread.streams[S.thread.device]  # type: ignore[union-attr]
+            stream = THREAD.streams[THREAD.device]
         self.device_index = stream.device_index
         self.recorded = True
         if stream.capture is not None:
@@ -120,7 +120,7 @@ class Event(torch.Event):
         if not self.recorded:
             return  # CUDA: waiting on a never-recorded event is a no-op
         if stream is None:
-            stream = S.thread.streams[S.thread.device]  # type: ignore[union-attr]
+            stream = THREAD.streams[THREAD.device]
         if stream.capture is not None:
             return
         S.link().stream_wait_event(stream.device_index, stream.stream_id, self.id)
@@ -157,7 +157,7 @@ class Event(torch.Event):
 
 
 def current_stream(device: Any = None) -> Stream:
-    return S.thread.streams[S.device_index(device)]  # type: ignore[union-attr]
+    return THREAD.streams[S.device_index(device)]
 
 
 def default_stream(device: Any = None) -> Stream:
@@ -166,7 +166,7 @@ def default_stream(device: Any = None) -> Stream:
 
 def set_stream(stream: Stream | None) -> None:
     if stream is not None:
-        S.thread.streams[stream.device_index] = stream  # type: ignore[union-attr]
+        THREAD.streams[stream.device_index] = stream
 
 
 class StreamContext(AbstractContextManager):
@@ -181,17 +181,17 @@ class StreamContext(AbstractContextManager):
         stream = self.stream
         if stream is None:
             return None
-        thread = S.thread
-        self._saved = (thread.device, thread.streams[stream.device_index])  # type: ignore[union-attr]
-        thread.device = stream.device_index  # type: ignore[union-attr]
-        thread.streams[stream.device_index] = stream  # type: ignore[union-attr]
+        thread = THREAD
+        self._saved = (thread.device, thread.streams[stream.device_index])
+        thread.device = stream.device_index
+        thread.streams[stream.device_index] = stream
         return stream
 
     def __exit__(self, *exc: object) -> None:
         if self._saved is not None and self.stream is not None:
             device, previous = self._saved
-            S.thread.streams[self.stream.device_index] = previous  # type: ignore[union-attr]
-            S.thread.device = device  # type: ignore[union-attr]
+            THREAD.streams[self.stream.device_index] = previous
+            THREAD.device = device
 
 
 def stream(stream: Stream | None) -> StreamContext:

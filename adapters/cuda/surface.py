@@ -23,7 +23,7 @@ import torch
 import torch.utils._device
 
 from revati.adapters.cuda import graphs, streams, tensor
-from revati.adapters.cuda.state import S
+from revati.adapters.cuda.state import THREAD, S
 
 _CUDA = int(torch._C._autograd.DeviceType.CUDA)
 
@@ -73,12 +73,12 @@ def device_count() -> int:
 
 
 def current_device() -> int:
-    return S.thread.device  # type: ignore[union-attr]
+    return THREAD.device
 
 
 def set_device(device: Any) -> None:
     if device is not None and not (isinstance(device, int) and device < 0):
-        S.thread.device = S.device_index(device)  # type: ignore[union-attr]
+        THREAD.device = S.device_index(device)
 
 
 class device:
@@ -90,12 +90,12 @@ class device:
 
     def __enter__(self) -> None:
         if self.idx >= 0:
-            self.prev_idx = S.thread.device  # type: ignore[union-attr]
-            S.thread.device = self.idx  # type: ignore[union-attr]
+            self.prev_idx = THREAD.device
+            THREAD.device = self.idx
 
     def __exit__(self, *exc: object) -> None:
         if self.idx >= 0:
-            S.thread.device = self.prev_idx  # type: ignore[union-attr]
+            THREAD.device = self.prev_idx
 
 
 def device_of(obj: Any) -> device:
@@ -209,7 +209,7 @@ class Generator(torch._C.Generator, metaclass=_GeneratorType):
 
 
 def manual_seed(seed: int) -> None:
-    S.generators[S.thread.device].manual_seed(int(seed))  # type: ignore[union-attr]
+    S.generators[THREAD.device].manual_seed(int(seed))
 
 
 def manual_seed_all(seed: int) -> None:
@@ -218,7 +218,7 @@ def manual_seed_all(seed: int) -> None:
 
 
 def seed() -> None:
-    S.generators[S.thread.device].seed()  # type: ignore[union-attr]
+    S.generators[THREAD.device].seed()
 
 
 def seed_all() -> None:
@@ -227,7 +227,7 @@ def seed_all() -> None:
 
 
 def initial_seed() -> int:
-    return S.generators[S.thread.device].initial_seed()  # type: ignore[union-attr]
+    return S.generators[THREAD.device].initial_seed()
 
 
 def get_rng_state(device: Any = "cuda") -> torch.Tensor:

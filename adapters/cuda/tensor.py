@@ -33,12 +33,13 @@ import torch
 
 from revati.adapters.cuda import ops
 from revati.adapters.cuda.allocator import Allocation
-from revati.adapters.cuda.state import S
+from revati.adapters.cuda.state import THREAD, S
 from revati.adapters.cuda.streams import check_not_capturing
 from revati.predictors.launch import CopyDirection, Family, LaunchEvent
 
 _mk = torch.Tensor._make_wrapper_subclass
 _inference_enabled = torch.is_inference_mode_enabled
+_new_event = tuple.__new__  # LaunchEvent's own __new__, without its Python frame
 _EMPTY: dict[str, Any] = {}
 _DATA = torch.Tensor.data
 _META = torch.device("meta")
@@ -62,6 +63,7 @@ class VirtualTensor(torch.Tensor):
     _a: Allocation
     _v: torch.Tensor | None
     _d: int
+    _s: tuple[Any, ...]
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -80,7 +82,7 @@ class VirtualTensor(torch.Tensor):
         # the allocation and values travel with it.
         _DATA.__set__(self, new)
         if type(new) is VirtualTensor:
-            self._a, self._v, self._d = new._a, new._v, new._d
+            self._a, self._v, self._d, self._s = new._a, new._v, new._d, new._s
 
     def tolist(self) -> Any:
         # torch refuses tolist() on subclasses; on a GPU it is a blocking copy to the host
@@ -110,6 +112,7 @@ def _wrap(size: Sequence[int], stride: Sequence[int], offset: int, dtype: torch.
     t._a = alloc
     t._v = view
     t._d = dev
+    t._s = (tuple(size), tuple(stride), dtype)  # its part of a cache key, made once
     return t
 
 
@@ -164,11 +167,11 @@ def host_values(t: VirtualTensor) -> torch.Tensor:
                 "read back (from the token oracle)")
         if alloc.nbytes > limit:  # a small view of a large allocation: not kept
             values = torch.empty(t.shape, dtype=t.dtype)
-            S.oracle.fill(values)  # type: ignore[union-attr]
+            S.oracle.fill(values)
             return values
         itemsize = t.element_size()
         buf = torch.zeros(alloc.nbytes, dtype=torch.uint8)
-        S.oracle.fill(buf[: alloc.nbytes // itemsize * itemsize].view(t.dtype))  # type: ignore[union-attr]
+        S.oracle.fill(buf[: alloc.nbytes // itemsize * itemsize].view(t.dtype))
         alloc.host = buf.untyped_storage()
     v = torch.empty(0, dtype=t.dtype).set_(alloc.host, t.storage_offset(), t.shape, t.stride())
     t._v = v
@@ -177,8 +180,8 @@ def host_values(t: VirtualTensor) -> torch.Tensor:
 
 # -- launches
 def emit(link: Any, dev: int, family: int, op: str, dtype: str, feats: tuple[int, ...]) -> None:
-    stream = S.thread.streams[dev]  # type: ignore[union-attr]
-    ev = LaunchEvent(family, op, dtype, dev, stream.stream_id, link.now_ns(), feats)
+    stream = THREAD.streams[dev]
+    ev = _new_event(LaunchEvent, (family, op, dtype, dev, stream.stream_id, link.now_ns(), feats))
     graph = stream.capture
     if graph is None:
         link.launch(ev)
@@ -190,13 +193,13 @@ def sync_current(link: Any, dev: int, what: str) -> None:
     """The host waits until the current stream of `dev` is done (outside any freeze: the wait
     is program time, and the clock must be free to jump)."""
     check_not_capturing(what)
-    link.synchronize(dev, S.thread.streams[dev].stream_id)  # type: ignore[union-attr]
+    link.synchronize(dev, THREAD.streams[dev].stream_id)
 
 
 # -- per-op information, from the schema
 class _Info:
-    __slots__ = ("decompose", "handler", "inplace_view", "name", "nokernel", "outs", "random",
-                 "view")
+    __slots__ = ("decompose", "handler", "inplace_view", "name", "nokernel", "outs", "plain",
+                 "random", "view", "write")
 
     def __init__(self, func: Any) -> None:
         schema = func._schema
@@ -223,11 +226,13 @@ class _Info:
         if self.name in _ALIAS_AS_VIEW:
             self.outs = [(VIEW, 0, "self")]
         self.view = bool(self.outs) and all(k == VIEW for k, _, _ in self.outs)
+        self.write = self.outs[0] if self.outs and self.outs[0][0] == WRITE else None
         self.nokernel = self.view or self.name in _NO_KERNEL
         self.decompose = (
             self.name not in ops.KEEP_WHOLE and self.handler is None
             and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(),
                                                                "CompositeImplicitAutograd"))
+        self.plain = not (self.handler or self.decompose or self.inplace_view)
 
     def arg(self, pos: int, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         if 0 <= pos < len(args):
@@ -235,7 +240,6 @@ class _Info:
         return kwargs.get(name)
 
 
-_INFO: dict[Any, _Info] = {}
 _CACHE: dict[Any, tuple[Any, ...]] = {}
 _DYNAMIC = (None, None, False, True)
 _ALIAS_AS_VIEW = frozenset({"aten::_unsafe_view", "aten::lift_fresh"})
@@ -246,10 +250,23 @@ _NO_KERNEL = frozenset({
 })
 
 
-def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    info = _INFO.get(func)
+def info_of(func: Any) -> _Info:
+    """The op's _Info, kept on the OpOverload itself: hashing an OpOverload runs Python."""
+    info = getattr(func, "_revati_info", None)
     if info is None:
-        info = _INFO[func] = _Info(func)
+        info = func._revati_info = _Info(func)
+    return info
+
+
+def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    try:
+        info = func._revati_info
+    except AttributeError:
+        info = info_of(func)
+    if info.plain:
+        link = S.link_override if S.link_override is not None else S.link()
+        with link.freeze():
+            return _run(func, info, args, kwargs, link)
     if info.handler is not None:
         return info.handler(func, info, args, kwargs)
     if info.decompose:
@@ -272,14 +289,14 @@ def _scan(xs: Sequence[Any], sig: list[Any], st: list[Any]) -> None:
     input, output device from a `device` argument]."""
     for x in xs:
         tx = type(x)
-        if tx in _PLAIN:
-            sig.append(x)
-        elif tx is VirtualTensor:
+        if tx is VirtualTensor:
             if st[0] < 0:
                 st[0] = x._d
             if x._a.host is None:
                 st[1] = True
-            sig.append((x.shape, x.stride(), x.dtype))
+            sig.append(x._s)
+        elif tx in _PLAIN:
+            sig.append(x)
         elif tx is list or tx is tuple:
             inner: list[Any] = []
             _scan(x, inner, st)
@@ -303,14 +320,14 @@ def _run(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any], li
     if kwargs:
         kw: list[Any] = []
         _scan(kwargs.values(), kw, st)
-        key: Any = (func, tuple(sig), tuple(kwargs), tuple(kw))
+        key: Any = (info, tuple(sig), tuple(kwargs), tuple(kw))
+        device_kw = kwargs.get("device")
+        if device_kw is not None and torch.device(device_kw).type != "cuda":
+            # a *_like / new_* factory onto the host: a plain CPU tensor, no launch
+            return func(*_convert(args, _META, True), **_convert_kw(kwargs, _META, True))
     else:
-        key = (func, tuple(sig))
-    dev = st[2] if st[2] >= 0 else st[0] if st[0] >= 0 else S.thread.device  # type: ignore[union-attr]
-    device_kw = kwargs.get("device")
-    if device_kw is not None and torch.device(device_kw).type != "cuda":
-        # a *_like / new_* factory onto the host: a plain CPU tensor, no launch
-        return func(*_convert(args, _META, True), **_convert_kw(kwargs, _META, True))
+        key = (info, tuple(sig))
+    dev = st[2] if st[2] >= 0 else st[0] if st[0] >= 0 else THREAD.device
     try:
         entry = _CACHE.get(key)
     except TypeError:  # an unhashable argument: no caching for this call
@@ -320,7 +337,7 @@ def _run(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any], li
     tmpl, spec, fresh_small, dynamic = entry
     if info.view:
         return _build(spec, args, kwargs, dev, info.name)
-    write = info.outs[0] if info.outs and info.outs[0][0] == WRITE else None
+    write = info.write
     target = info.arg(write[1], write[2], args, kwargs) if write else None
     host_target = type(target) is VirtualTensor and target._a.host is not None
     if dynamic or host_target or (fresh_small and not st[1]):
@@ -555,6 +572,7 @@ def resize(t: VirtualTensor, size: Sequence[int], stride: Sequence[int],
                 big = _mk(VirtualTensor, [-(-need // itemsize)], dtype=t.dtype, device=t.device)
                 torch._functionalize_unsafe_set(t, big)
             aten.as_strided_.default(t, list(size), list(stride), offset)
+            t._s = (t.shape, t.stride(), t.dtype)
         finally:
             torch._C._set_meta_in_tls_dispatch_include(meta)
 
@@ -773,8 +791,8 @@ def _create(size: Sequence[int], stride: Sequence[int], dtype: torch.dtype, devi
 
 
 def _copy_kernel(dst: Any, src: Any, non_blocking: bool = False) -> Any:
-    return _copy(torch.ops.aten.copy_.default, _INFO.get(torch.ops.aten.copy_.default)
-                 or _Info(torch.ops.aten.copy_.default), (dst, src, non_blocking), _EMPTY)
+    func = torch.ops.aten.copy_.default
+    return _copy(func, info_of(func), (dst, src, non_blocking), _EMPTY)
 
 
 def _sdpa_autograd(query: Any, key: Any, value: Any, attn_mask: Any = None,
