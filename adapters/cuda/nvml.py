@@ -2,8 +2,9 @@
 
 Frameworks ask NVML (not torch) for device facts before they touch CUDA: vLLM's CUDA platform
 reads the count, names, compute capability, memory and NVLink peers through pynvml.
-`install_as_pynvml()` registers this module under the name `pynvml` (and `nvidia_smi`-free
-callers keep working), so those queries describe the emulated SKU. Memory usage is the virtual
+`install_as_pynvml()` registers this module under the name `pynvml`, so those queries describe
+the emulated SKU (glue for a framework that vendors its own copy, as vLLM does with
+`vllm.third_party.pynvml`, points that name here too). Memory usage is the virtual
 allocator's: what the process reserved plus the CUDA context, as nvidia-smi would show.
 
 Before virtual CUDA is installed in the process, `nvmlInit` fails like on a host with no
@@ -265,6 +266,6 @@ def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[Any]:
 
 
 def install_as_pynvml() -> None:
-    """Answer `import pynvml` (and `import nvidia_ml_py`'s module name) with this module."""
+    """Answer `import pynvml` with this module."""
     me = sys.modules[__name__]
     sys.modules["pynvml"] = me

@@ -85,7 +85,8 @@ class device:
     """torch.cuda.device(d): d is the current device inside the block."""
 
     def __init__(self, device: Any) -> None:
-        self.idx = -1 if device is None else S.device_index(device)
+        negative = device is None or (isinstance(device, int) and device < 0)
+        self.idx = -1 if negative else S.device_index(device)  # -1: leave the device alone
         self.prev_idx = -1
 
     def __enter__(self) -> None:

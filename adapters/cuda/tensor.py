@@ -585,9 +585,7 @@ def _wrapper_storage_bytes(t: VirtualTensor) -> int:
 def _inplace_view(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     t = args[0]
     m = func(*_convert(args, _META, False), **_convert_kw(kwargs, _META, False))
-    offset = (m.storage_offset() * m.element_size()
-              - _meta_of(t).storage_offset() * t.element_size()) // t.element_size()
-    resize(t, m.shape, m.stride(), t.storage_offset() + offset)
+    resize(t, m.shape, m.stride(), m.storage_offset())  # the meta input had t's offset
     return t
 
 
