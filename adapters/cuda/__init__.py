@@ -11,7 +11,10 @@ Importing this package does not import torch.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import threading
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from revati.adapters.cuda.oracle import TokenOracle
@@ -70,16 +73,30 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
             if oracle is not None:
                 S.oracle = oracle
             return
-        _install(S, skus.canonical(sku), spec, num_gpus, link, (host_bytes, host_float_bytes),
-                 context_bytes, oracle or TokenOracle())
-    if nvml:
-        from revati.adapters.cuda import nvml as nvml_module
+        with _frozen(link):
+            _install(S, skus.canonical(sku), spec, num_gpus, link,
+                     (host_bytes, host_float_bytes), context_bytes, oracle or TokenOracle())
+            if nvml:
+                from revati.adapters.cuda import nvml as nvml_module
 
-        nvml_module.install_as_pynvml()
-    if distributed:
-        from revati.adapters.cuda import distributed as dist_module
+                nvml_module.install_as_pynvml()
+            if distributed:
+                from revati.adapters.cuda import distributed as dist_module
 
-        dist_module.install()
+                dist_module.install()
+
+
+def _frozen(link: GpuLink | None) -> AbstractContextManager[None]:
+    """Installing is Revati's own time (imports, patching): keep it out of virtual time when
+    a link is there to freeze the clock."""
+    from revati.adapters import gpu_link
+
+    if link is None:
+        try:
+            link = gpu_link.current()
+        except RuntimeError:  # no session yet: nothing to freeze
+            return contextlib.nullcontext()
+    return link.freeze()
 
 
 def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuLink | None,
@@ -101,6 +118,11 @@ def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuL
     THREAD.__init__()
     guard.install_cuda_guard()
     tensor.register_kernels()
+    # torch imports DTensor (and sympy with it: about a second) the first time any tensor
+    # subclass reaches the dispatcher; do it now, while the clock is frozen for installing,
+    # not at the program's first kernel.
+    with contextlib.suppress(ImportError):
+        importlib.import_module("torch.distributed.tensor")
     surface.patch()
     S.installed = True
 

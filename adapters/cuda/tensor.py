@@ -261,8 +261,9 @@ def info_of(func: Any) -> _Info:
 def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     try:
         info = func._revati_info
-    except AttributeError:
-        info = info_of(func)
+    except AttributeError:  # an op seen for the first time: reading its schema is our time
+        with S.link().freeze():
+            info = info_of(func)
     if info.plain:
         link = S.link_override if S.link_override is not None else S.link()
         with link.freeze():
