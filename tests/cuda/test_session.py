@@ -1,0 +1,37 @@
+"""Virtual CUDA under `revatictl run`, with the session runtime's GpuLink and revatid."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, revatictl_run
+
+pytest.importorskip("torch", reason="torch is not installed: virtual CUDA needs it")
+pytestmark = pytest.mark.torch
+
+TWO_RANKS = str(Path(__file__).with_name("two_ranks.py"))
+COLLECTIVE_NS = 1_000_000
+
+
+def test_two_rank_all_reduce_completes_at_the_last_arrival_plus_its_duration(
+        daemon: Daemon) -> None:
+    result, summary = revatictl_run(
+        daemon, [sys.executable, TWO_RANKS], "--gpu", "h100", "--num-gpus", "2",
+        "--fixed-ns", str(COLLECTIVE_NS))
+    assert result.returncode == 0, result.stderr
+    times = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("rank "):
+            _, r, _, arrived, _, done = line.split()
+            times[int(r)] = (float(arrived), float(done))
+    assert sorted(times) == [0, 1]
+    last = max(arrived for arrived, _ in times.values())
+    assert last >= 0.05
+    for _, done in times.values():
+        # max(arrival) + duration, plus the little real time the ranks' own Python takes
+        assert last + COLLECTIVE_NS / 1e9 <= done < last + COLLECTIVE_NS / 1e9 + 0.005
+    assert abs(times[0][1] - times[1][1]) < 0.002
+    assert summary["counters"]["collectives"] == 1
