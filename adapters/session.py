@@ -153,7 +153,7 @@ def join(socket_path: str, session: str, role: str | None = None, name: str | No
     if _member is not None:
         return _member
     role = role or os.environ.get(ENV_ROLE, "observer")
-    name = name or os.environ.get(ENV_NAME) or os.path.basename(sys.argv[0] or "python")
+    name = name or os.environ.get(ENV_NAME) or _process_name()
     _member = Participant(socket_path, session, role, name, late)
     hooks.install(_member.clock)
     _install_spawn_hooks()
@@ -161,6 +161,22 @@ def join(socket_path: str, session: str, role: str | None = None, name: str | No
     if os.environ.get(ENV_CUDA, "1") != "0":
         when_imported("torch", _install_cuda)
     return _member
+
+
+def _process_name() -> str:
+    """What the process runs: a script's name, a -m module, or -c (sys.argv is not set yet
+    when sitecustomize runs)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")[1:]
+    except OSError:
+        return "python"
+    for i, arg in enumerate(args):
+        if arg in ("-m", "-c"):
+            return args[i + 1] if arg == "-m" and i + 1 < len(args) else "python -c"
+        if arg and not arg.startswith("-"):
+            return os.path.basename(arg)
+    return "python"
 
 
 def _announce(pid: int) -> None:

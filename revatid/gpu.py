@@ -93,6 +93,10 @@ class GpuTimeline:
             self._predictor = self._load_predictor()
         return self._predictor
 
+    def prediction_sources(self) -> dict[str, int]:
+        """How many launches each model source predicted (lightgbm, roofline, ...)."""
+        return dict(getattr(self._predictor, "counts", {}))
+
     def _durations(self, pid: int, events: list[LaunchEvent]) -> list[int]:
         plain = [e for e in events if e.family != Family.GRAPH]
         predicted = iter(self.predictor.predict(plain)) if plain else iter(())

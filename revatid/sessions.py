@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from revati.adapters.clock._vclock import MAX_SLOTS, NO_DEADLINE, Page
+from revati.predictors import registry
 from revati.predictors.skus import UnknownSku, canonical, spec
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
@@ -66,19 +67,9 @@ class Participant:
                 "hooked_waits": waits}
 
 
-class _Fixed:
-    def __init__(self, ns: int) -> None:
-        self.ns = ns
-
-    def predict(self, events: Any) -> list[int]:
-        return [self.ns] * len(events)
-
-
 def _load_predictor(sku: str, options: dict[str, Any]) -> Predictor:
     if options.get("fixed_ns") is not None:
-        return _Fixed(int(options["fixed_ns"]))
-    from revati.predictors import registry
-
+        return registry.FixedPredictor(int(options["fixed_ns"]))
     return registry.load_predictor(sku)
 
 
@@ -233,6 +224,9 @@ class Session:
             "id": self.id, "name": self.options["name"], "state": self.state, "gpu": self.gpu,
             "gpu_name": spec(self.gpu)["name"], "num_gpus": self.num_gpus,
             "options": self.options, "page": self.page_path, "created": self.created_wall,
+            # virtual time 0 on the participants' monotonic and wall clocks, ns
+            "origin_monotonic_ns": self.page.origins()[0],
+            "origin_wall_ns": self.page.origins()[1],
             "participants": [p.info(self.page) for p in self.participants.values()],
             "exited": self.exited[-32:],
             "counters": {
@@ -245,6 +239,7 @@ class Session:
                 "quiescence_by_hook": tk.decisions["hook"],
                 "quiescence_by_proc": tk.decisions["proc"],
                 "trace_dropped": self.trace.dropped,
+                "predicted_by": self.timeline.prediction_sources(),
             },
         }
 

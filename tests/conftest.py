@@ -55,12 +55,18 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d.stop()
 
 
+ROOT = Path(__file__).parents[1]
+
+
 def revatictl_run(daemon: Daemon, command: list[str], *options: str, timeout: float = 120,
                   ) -> tuple[subprocess.CompletedProcess, dict]:
-    """`revatictl run` against the daemon; returns the process result and session summary."""
+    """`revatictl run` against the daemon (from the repository root, which is on the path so
+    that the command may import test modules); returns the result and session summary."""
     summary = daemon.socket.parent / f"summary-{os.urandom(4).hex()}.json"
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     result = subprocess.run(
         [*REVATICTL, "--socket", str(daemon.socket), "run", "--json", str(summary), *options,
-         "--", *command], capture_output=True, text=True, timeout=timeout)
+         "--", *command], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path})
     assert summary.exists(), f"no summary; stderr:\n{result.stderr}"
     return result, json.loads(summary.read_text())

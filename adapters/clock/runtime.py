@@ -22,6 +22,22 @@ from revati.adapters.clock._vclock import NO_DEADLINE, Page
 NS = 1_000_000_000
 
 
+class _Frozen:
+    """A reusable freeze context: two C calls, no generator per use (it wraps every op)."""
+
+    __slots__ = ("_enter", "_exit")
+
+    def __init__(self, page: Page) -> None:
+        self._enter = page.freeze_enter
+        self._exit = page.freeze_exit
+
+    def __enter__(self) -> None:
+        self._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit()
+
+
 class VirtualClock:
     def __init__(self, page_path: str, slot: int, running: int = 1, late: bool = False,
                  ) -> None:
@@ -41,6 +57,7 @@ class VirtualClock:
         self._cancelled: set[int] = set()  # tokens still in the heap, to skip
         self._waker_target = NO_DEADLINE  # the deadline the waker thread sleeps towards
         self._waker: threading.Thread | None = None
+        self._frozen = _Frozen(self.page)
 
     def rebind(self, slot: int) -> None:
         """In a forked child: take a slot of its own; only the forking thread runs."""
@@ -55,13 +72,9 @@ class VirtualClock:
         self.page.slot_claim(slot, os.getpid(), 1)
 
     # -- the freeze: Revati's own work does not advance virtual time
-    @contextmanager
-    def freeze(self) -> Iterator[None]:
-        self.page.freeze_enter()
-        try:
-            yield
-        finally:
-            self.page.freeze_exit()
+    def freeze(self) -> _Frozen:
+        """`with clock.freeze():` stops the session clock for the block."""
+        return self._frozen
 
     # -- thread accounting
     def thread_started(self) -> None:
