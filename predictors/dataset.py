@@ -1,0 +1,67 @@
+"""Measured kernel times as training data, and the profile CSV schema the profiler writes.
+
+A `Measured` is one measured time and the launches it covers: one launch for a profile row,
+one or more identical launches for a Vidur operator (phi-2's residual `add` is two adds).
+
+Profile CSV (one file per family, written by `revati.predictors.profiler`), one row per
+measured launch shape:
+
+  family      Family name, e.g. GEMM
+  op          op name as the adapter reports it (carries the backend for attention)
+  dtype       short dtype name (launch.DTYPE_BYTES)
+  feats       the family's integer feature tuple (launch.FEATURE_NAMES), space separated
+  median_ns, p10_ns, p90_ns, repeats
+  device_name, driver, libraries    where it was measured ("torch=2.13.0 cuda=12.8 ...")
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from revati.predictors.launch import Family, LaunchEvent
+
+PROFILE_COLUMNS = ("family", "op", "dtype", "feats", "median_ns", "p10_ns", "p90_ns", "repeats",
+                   "device_name", "driver", "libraries")
+
+
+class Measured(NamedTuple):
+    operator: str  # what was measured: a Vidur operator column, or the op name
+    events: tuple[LaunchEvent, ...]  # identical launches the time covers
+    time_ns: float
+    group: str  # where it came from (Vidur model, profile directory): the LOMO fold key
+
+
+def event(family: Family, op: str, dtype: str, feats: Iterable[int]) -> LaunchEvent:
+    """A launch event for training and evaluation (device, stream and time do not matter)."""
+    return LaunchEvent(int(family), op, dtype, 0, 0, 0, tuple(int(x) for x in feats))
+
+
+def per_launch(data: Iterable[Measured]) -> Iterator[tuple[LaunchEvent, float, Measured]]:
+    """Training samples: each measurement split evenly over its identical launches."""
+    for m in data:
+        yield m.events[0], m.time_ns / len(m.events), m
+
+
+def write_profile(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=PROFILE_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_profiles(directory: Path) -> list[Measured]:
+    """Every profile CSV in `directory` (files whose header is not ours are skipped)."""
+    out: list[Measured] = []
+    for path in sorted(directory.glob("*.csv")):
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != PROFILE_COLUMNS:
+                continue
+            for row in reader:
+                ev = event(Family[row["family"]], row["op"], row["dtype"], row["feats"].split())
+                out.append(Measured(row["op"], (ev,), float(row["median_ns"]),
+                                    f"profile:{directory.name}"))
+    return out
