@@ -52,6 +52,9 @@ def attention_backend(op: str) -> Backend:
     return Backend.OTHER
 
 
+ANY_BACKEND = "ANY"  # the calibration over every measured backend
+
+
 @dataclass(frozen=True)
 class Calibration:
     compute_eff: float
@@ -83,12 +86,12 @@ def _time_ns(flops: np.ndarray, nbytes: np.ndarray, peak: np.ndarray, bw: float,
 
 class AttentionModel:
     """Analytical attention times for one SKU; `calibrations` maps a backend name (`Backend`)
-    to its fitted figures, others use the defaults."""
+    to its fitted figures; a backend without its own uses ANY_BACKEND's, else the defaults."""
 
     def __init__(self, hw: Hardware, calibrations: Mapping[str, Calibration] | None = None):
         self.hw = hw
         self.calibrations = dict(calibrations or {})
-        self.default = default_calibration(hw)
+        self.default = self.calibrations.get(ANY_BACKEND, default_calibration(hw))
 
     def predict_ns(self, events: Sequence[LaunchEvent]) -> np.ndarray:
         flops, nbytes = flops_bytes(feats_matrix(events), dtype_bytes(events))

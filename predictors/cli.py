@@ -83,6 +83,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         measured: list[Measured] = []
         files: list[Path] = []
         if key in vidur.SKU_DATA and not args.no_vidur:
+            unknown = set(args.exclude) - set(vidur.model_files(key))
+            if unknown:
+                raise UsageError(f"no Vidur model {sorted(unknown)} for {key}; known: "
+                                 f"{', '.join(vidur.model_files(key))}")
             measured, files = vidur.training_data(key, exclude=args.exclude)
         for d in args.profile:
             measured += read_profiles(d)

@@ -4,6 +4,7 @@
     Predictor.predict(events)           -> durations in ns, one per event
     Predictor.source(event)             -> "lightgbm" | "analytical" | "roofline"
     Predictor.counts                    -> Counter of predictions by source
+    Predictor.summary()                 -> sku, bundle, trained families, counts, cache size
     FixedPredictor(ns_per_launch), TablePredictor({op: ns})   for tests
 
 GRAPH events are not predicted (revatid expands a graph id into its recorded events); a
@@ -24,7 +25,7 @@ import structlog
 from revati.predictors.attention import AttentionModel, Calibration
 from revati.predictors.bundle import Bundle, bundle_dir
 from revati.predictors.features import coverage_key
-from revati.predictors.launch import Family, LaunchEvent
+from revati.predictors.launch import FEATURE_NAMES, Family, LaunchEvent
 from revati.predictors.models import FamilyModel
 from revati.predictors.roofline import Hardware, roofline_ns
 from revati.predictors.skus import UnknownSku, canonical, spec
@@ -95,6 +96,11 @@ class Predictor:
         for k in missing:
             by_family[k[0]].append(k)
         for family, fkeys in by_family.items():
+            names = FEATURE_NAMES[Family(family)]
+            bad = next((k for k in fkeys if len(k[3]) != len(names)), None)
+            if bad is not None:
+                raise ValueError(f"a {Family(family).name} launch has features {bad[3]}, "
+                                 f"expected ({', '.join(names)})")
             events = [LaunchEvent(f, op, dtype, 0, 0, 0, feats) for f, op, dtype, feats in fkeys]
             durations, sources = self._compute(Family(family), events)
             self._cache.update(zip(fkeys, durations, strict=True))

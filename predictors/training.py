@@ -18,7 +18,13 @@ import lightgbm as lgb
 import numpy as np
 
 from revati.predictors import vidur
-from revati.predictors.attention import AttentionModel, Calibration, attention_backend, calibrate
+from revati.predictors.attention import (
+    ANY_BACKEND,
+    AttentionModel,
+    Calibration,
+    attention_backend,
+    calibrate,
+)
 from revati.predictors.bundle import Bundle
 from revati.predictors.dataset import Measured, per_launch
 from revati.predictors.features import (
@@ -63,8 +69,13 @@ def fit(family: Family, samples: Sequence[tuple[LaunchEvent, float]], hw: Hardwa
                        categorical_feature=list(CATEGORICAL.get(family, ())),
                        free_raw_data=True)
     monotone = [int(n in MONOTONE.get(family, ())) for n in names]
-    booster = lgb.train({**_COMMON, **PARAMS[family], "monotone_constraints": monotone}, data,
-                        ROUNDS[family])
+    # a small profile (a quick CPU grid) still gets leaves, and categories, of its own
+    min_leaf = min(PARAMS[family].get("min_data_in_leaf", _COMMON["min_data_in_leaf"]),
+                   max(2, len(samples) // 40))
+    booster = lgb.train({**_COMMON, **PARAMS[family], "monotone_constraints": monotone,
+                         "min_data_in_leaf": min_leaf,
+                         "min_data_per_group": min(100, max(2, len(samples) // 20))},
+                        data, ROUNDS[family])
     coverage = None if family == Family.P2P else frozenset(
         coverage_key(family, e.op, e.dtype, e.feats) for e in events)
     model = FamilyModel(family, compact_model_text(booster.model_to_string()), coverage,
@@ -77,10 +88,12 @@ def fit(family: Family, samples: Sequence[tuple[LaunchEvent, float]], hw: Hardwa
 
 def calibrate_attention(samples: Sequence[tuple[LaunchEvent, float]], hw: Hardware,
                         ) -> dict[str, Calibration]:
-    """One analytical calibration per attention backend with enough measured points."""
+    """One analytical calibration per attention backend with enough measured points, and
+    one over all of them (ANY) for backends that were not measured."""
     by_backend: dict[str, list[tuple[LaunchEvent, float]]] = defaultdict(list)
     for e, t in samples:
         by_backend[attention_backend(e.op).name].append((e, t))
+        by_backend[ANY_BACKEND].append((e, t))
     return {name: calibrate([e for e, _ in rows], np.array([t for _, t in rows]), hw)
             for name, rows in by_backend.items() if len(rows) >= MIN_CALIBRATION_ROWS}
 
