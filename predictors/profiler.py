@@ -1,0 +1,444 @@
+"""Measure kernel times on a real device with PyTorch alone, in the profile CSV schema
+(`dataset.py`), for `revatictl predictors train --sku SKU --profile DIR`.
+
+    python -m revati.predictors.profiler --out DIR [--device cuda|cpu] [--quick]
+    python -m revati.predictors.profiler --specs [--device cuda|cpu]
+
+Grids: GEMMs over LLM layer shapes; attention (scaled_dot_product_attention, and flash-attn /
+FlashInfer when installed) for prefill and decode batches; memory-bound ops (norms,
+activations, adds, copies, embeddings, softmax); on a machine with several GPUs, NCCL
+collectives on 2..N ranks. Features follow the adapter's conventions (features.py). DIR also
+gets spec.json: the device's figures as a specs.json entry (measured peaks), which is the spec
+a bundle uses for a device that specs.json does not list (host-cpu).
+
+On CUDA each launch's time is its kernels' device time from torch.profiler (no launch gaps,
+as in Vidur's data); on CPU the wall time of the call. Medians over --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from revati.predictors.dataset import write_profile
+from revati.predictors.launch import Collective, Family
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the profiler is the one part of the predictors that needs torch
+    torch = None
+
+_MARK = "revati_profile_iter"
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class Device:
+    """Where and how kernels are timed."""
+
+    def __init__(self, kind: str, repeats: int) -> None:
+        self.kind = kind
+        self.repeats = repeats
+        self.torch = torch.device("cuda" if kind == "cuda" else "cpu")
+
+    def sync(self) -> None:
+        if self.kind == "cuda":
+            torch.cuda.synchronize()
+
+    def time_ns(self, fn: Callable[[], Any]) -> list[float]:
+        """Per-call times of `fn` (after warm-up), in ns."""
+        for _ in range(2):
+            fn()
+        self.sync()
+        if self.kind == "cpu":
+            out = []
+            for _ in range(self.repeats):
+                t0 = time.perf_counter_ns()
+                fn()
+                out.append(float(time.perf_counter_ns() - t0))
+            return out
+        from torch.profiler import ProfilerActivity, profile, record_function
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(self.repeats):
+                with record_function(_MARK):
+                    fn()
+            self.sync()
+        # device time of the kernels launched inside each marked range, us -> ns
+        return [e.device_time_total * 1e3 for e in prof.events() if e.name == _MARK]
+
+    def tensor(self, *shape: int, dtype: str = "fp32") -> Any:
+        return torch.randn(*shape, dtype=getattr(torch, _DTYPES[dtype]), device=self.torch)
+
+
+def _nbytes(*tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# -- grids: each yields (family, op, dtype, feats, fn)
+
+Case = tuple[Family, str, str, tuple[int, ...], Callable[[], Any]]
+
+
+def gemm_cases(dev: Device, quick: bool) -> Iterator[Case]:
+    if dev.kind == "cpu":
+        dtypes = ["fp32"] if quick else ["fp32", "bf16"]
+        shapes = [(512, 512), (1024, 1024), (2048, 512), (512, 2048)]
+        if not quick:
+            shapes += [(4096, 4096), (11008, 4096), (4096, 11008)]
+        ms = [2**i for i in range(8 if quick else 11)]
+    else:
+        dtypes = ["bf16", "fp16"] if not quick else ["bf16"]
+        shapes = [(4096, 4096), (6144, 4096), (12288, 4096), (4096, 11008), (22016, 4096),
+                  (8192, 8192), (28672, 8192), (8192, 28672), (1024, 1024), (2560, 2560)]
+        if quick:
+            shapes = shapes[:4]
+        ms = [2**i for i in range(15)] + [3 * 2**i for i in range(2, 13)]
+    for dtype in dtypes:
+        for n, k in shapes:
+            b = dev.tensor(k, n, dtype=dtype)
+            for m in ms:
+                a = dev.tensor(m, k, dtype=dtype)
+                yield Family.GEMM, "aten::mm", dtype, (m, n, k, 1), lambda a=a, b=b: a @ b
+
+
+def _attention_shapes(dev: Device, quick: bool) -> list[tuple[int, int, int, int, int, int]]:
+    """(batch, q_len, kv_len, heads, kv_heads, head_dim): prefills and decodes."""
+    if dev.kind == "cpu":
+        heads = [(8, 8, 64), (8, 2, 64)]
+        prefill = [(1, s) for s in (32, 64, 128, 256)] + [(4, 64)]
+        decode = [(b, s) for b in (1, 8) for s in (64, 256, 1024)]
+    else:
+        heads = [(32, 8, 128), (32, 32, 128), (64, 8, 128)]
+        prefill = [(b, s) for b in (1, 4) for s in (128, 512, 1024, 2048, 4096, 8192)]
+        decode = [(b, s) for b in (1, 8, 32, 128) for s in (128, 512, 2048, 8192)]
+    if quick:
+        heads = heads[:1]
+    return [(b, s, s, h, hkv, d) for h, hkv, d in heads for b, s in prefill] + \
+        [(b, 1, s, h, hkv, d) for h, hkv, d in heads for b, s in decode]
+
+
+def _attn_feats(b: int, sq: int, skv: int, h: int, hkv: int, d: int) -> tuple[int, ...]:
+    return (b, b * sq, b * skv, skv, b * skv * skv, h, hkv, d, int(sq > 1))
+
+
+def attention_cases(dev: Device, quick: bool) -> Iterator[Case]:
+    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    # the name the adapter reports: on a GPU, SDPA without a mask runs the flash kernel
+    sdpa = "aten::scaled_dot_product_attention" if dev.kind == "cpu" else \
+        "aten::_scaled_dot_product_flash_attention"
+    shapes = _attention_shapes(dev, quick)
+    for b, sq, skv, h, hkv, d in shapes:
+        q = dev.tensor(b, h, sq, d, dtype=dtype)
+        k, v = dev.tensor(b, hkv, skv, d, dtype=dtype), dev.tensor(b, hkv, skv, d, dtype=dtype)
+        yield Family.ATTENTION, sdpa, dtype, _attn_feats(b, sq, skv, h, hkv, d), \
+            lambda q=q, k=k, v=v, causal=sq > 1: F.scaled_dot_product_attention(
+                q, k, v, is_causal=causal, enable_gqa=True)
+    if dev.kind != "cuda":
+        return
+    yield from _flash_attn_cases(dev, shapes)
+    yield from _flashinfer_cases(dev, shapes)
+
+
+def _flash_attn_cases(dev: Device, shapes: list) -> Iterator[Case]:
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return
+    for b, sq, skv, h, hkv, d in shapes:
+        q = dev.tensor(b, sq, h, d, dtype="bf16")
+        k, v = dev.tensor(b, skv, hkv, d, dtype="bf16"), dev.tensor(b, skv, hkv, d, dtype="bf16")
+        yield Family.ATTENTION, "flash_attn::fwd", "bf16", _attn_feats(b, sq, skv, h, hkv, d), \
+            lambda q=q, k=k, v=v, causal=sq > 1: flash_attn_func(q, k, v, causal=causal)
+
+
+def _flashinfer_cases(dev: Device, shapes: list) -> Iterator[Case]:
+    try:
+        import flashinfer
+    except ImportError:
+        return
+    for b, sq, skv, h, hkv, d in shapes:
+        if b != 1:  # the single-request kernels: one sequence per launch
+            continue
+        q = dev.tensor(sq, h, d, dtype="bf16")
+        k, v = dev.tensor(skv, hkv, d, dtype="bf16"), dev.tensor(skv, hkv, d, dtype="bf16")
+        if sq == 1:
+            op, fn = "flashinfer::single_decode", partial(
+                flashinfer.single_decode_with_kv_cache, q[0], k, v)
+        else:
+            op, fn = "flashinfer::single_prefill", partial(
+                flashinfer.single_prefill_with_kv_cache, q, k, v, causal=True)
+        yield Family.ATTENTION, op, "bf16", _attn_feats(1, sq, skv, h, hkv, d), fn
+
+
+def memory_cases(dev: Device, quick: bool) -> Iterator[Case]:
+    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    if dev.kind == "cpu":
+        tokens, widths = [2**i for i in range(0, 11, 2 if quick else 1)], [512, 2048]
+    else:
+        tokens, widths = [2**i for i in range(15)], [2048, 4096, 8192]
+    if quick:
+        widths = widths[:1]
+    vocab = 32000
+    table = dev.tensor(vocab, max(widths), dtype=dtype)
+    for h in widths:
+        w = dev.tensor(h, dtype=dtype)
+        emb = table[:, :h].contiguous()
+        for t in tokens:
+            x, y = dev.tensor(t, h, dtype=dtype), dev.tensor(t, h, dtype=dtype)
+            x2 = dev.tensor(t, 2 * h, dtype=dtype)
+            ids = torch.randint(0, vocab, (t,), device=dev.torch)
+            out = x.new_empty(t, h)
+            # (op, fn, bytes read + written, elements of the largest output)
+            ops = [
+                ("aten::add", lambda x=x, y=y: x + y, 3 * _nbytes(x), x.numel()),
+                ("aten::silu", lambda x=x: F.silu(x), 2 * _nbytes(x), x.numel()),
+                ("aten::gelu", lambda x=x: F.gelu(x), 2 * _nbytes(x), x.numel()),
+                ("aten::rms_norm", lambda x=x, w=w, h=h: F.rms_norm(x, (h,), w),
+                 2 * _nbytes(x) + _nbytes(w), x.numel()),
+                ("aten::layer_norm", lambda x=x, w=w, h=h: F.layer_norm(x, (h,), w, w),
+                 2 * _nbytes(x) + 2 * _nbytes(w), x.numel()),
+                ("aten::_softmax", lambda x2=x2: torch.softmax(x2, -1), 2 * _nbytes(x2),
+                 x2.numel()),
+                ("aten::copy_", lambda x=x, out=out: out.copy_(x), 2 * _nbytes(x), x.numel()),
+                ("aten::embedding", lambda ids=ids, emb=emb: F.embedding(ids, emb),
+                 2 * _nbytes(x) + _nbytes(ids), x.numel()),
+            ]
+            for op, fn, nbytes, elems in ops:
+                yield Family.MEMORY, op, dtype, (nbytes, elems), fn
+
+
+def measure(dev: Device, cases: Iterator[Case], env: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for family, op, dtype, feats, fn in cases:
+        times = sorted(dev.time_ns(fn))
+        if not times or times[0] <= 0:
+            continue
+        rows.append({"family": family.name, "op": op, "dtype": dtype,
+                     "feats": " ".join(map(str, feats)),
+                     "median_ns": round(statistics.median(times)),
+                     "p10_ns": round(times[len(times) // 10]),
+                     "p90_ns": round(times[(len(times) * 9) // 10]), "repeats": len(times),
+                     **env})
+    return rows
+
+
+# -- collectives (CUDA, two or more GPUs): one process per rank
+
+_COLLECTIVE_SIZES = [2**i for i in range(11, 29)]
+
+
+def _collective_worker(rank: int, world: int, init: str, out: str, repeats: int) -> None:
+    import torch.distributed as dist
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world)
+    results = []
+    for size in _COLLECTIVE_SIZES:
+        n = size // 2  # bf16 elements
+        x = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+        gathered = torch.empty(n * world, dtype=torch.bfloat16, device="cuda")
+        # bytes per rank as the adapter counts them: the tensor for all-reduce and broadcast,
+        # one rank's shard for all-gather (input) and reduce-scatter (output)
+        ops = [(Collective.ALL_REDUCE, "c10d::allreduce_", lambda x=x: dist.all_reduce(x)),
+               (Collective.ALL_GATHER, "c10d::_allgather_base_",
+                lambda x=x, g=gathered: dist.all_gather_into_tensor(g, x)),
+               (Collective.REDUCE_SCATTER, "c10d::_reduce_scatter_base_",
+                lambda x=x, g=gathered: dist.reduce_scatter_tensor(x, g)),
+               (Collective.BROADCAST, "c10d::broadcast_", lambda x=x: dist.broadcast(x, 0))]
+        for kind, op, fn in ops:
+            times = []
+            for _ in range(repeats + 2):
+                dist.barrier()
+                start, end = torch.cuda.Event(enable_timing=True), \
+                    torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e6)
+            times = sorted(times[2:])
+            results.append((kind, op, size, times))
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def collective_rows(world: int, repeats: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    import torch.multiprocessing as mp
+
+    rows = []
+    ranks = 2
+    while ranks <= world:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "times.json")
+            mp.spawn(_collective_worker, args=(ranks, f"file://{tmp}/rdzv", out, repeats),
+                     nprocs=ranks, join=True)
+            for kind, op, size, times in json.loads(Path(out).read_text()):
+                rows.append({"family": Family.COLLECTIVE.name, "op": op, "dtype": "bf16",
+                             "feats": f"{kind} {size} {ranks}",
+                             "median_ns": round(statistics.median(times)),
+                             "p10_ns": round(times[len(times) // 10]),
+                             "p90_ns": round(times[(len(times) * 9) // 10]),
+                             "repeats": len(times), **env})
+        ranks *= 2
+    return rows
+
+
+# -- the device: environment and spec
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(dev: Device) -> dict[str, str]:
+    libs = {"torch": torch.__version__, "flash_attn": _version("flash-attn"),
+            "flashinfer": _version("flashinfer-python") or _version("flashinfer")}
+    if dev.kind == "cuda":
+        libs["cuda"] = torch.version.cuda
+        libs["cudnn"] = str(torch.backends.cudnn.version())
+        libs["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        name = torch.cuda.get_device_name(0)
+        try:
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=30).stdout.split("\n")[0].strip()
+        except OSError:
+            driver = ""
+    else:
+        name, driver = _cpu_name(), ""
+        libs["threads"] = str(torch.get_num_threads())
+    return {"device_name": name, "driver": driver,
+            "libraries": " ".join(f"{k}={v}" for k, v in libs.items() if v)}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _best_rate(rows: list[dict[str, Any]], family: str, dtype: str | None,
+               work: Callable[[list[int]], float]) -> float | None:
+    rates = [work([int(x) for x in r["feats"].split()]) / (r["median_ns"] * 1e-9)
+             for r in rows if r["family"] == family and (dtype is None or r["dtype"] == dtype)]
+    return max(rates) if rates else None
+
+
+def _pcie() -> dict[str, float]:
+    """Pinned host-to-device copy bandwidth (64 MiB) and latency (4 KiB), by CUDA events."""
+    def copy_s(nbytes: int) -> float:
+        src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        times = []
+        for _ in range(7):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src, non_blocking=True)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+        return statistics.median(times[2:])
+
+    return {"bytes_per_s": (1 << 26) / copy_s(1 << 26), "latency_s": copy_s(4096)}
+
+
+def device_spec(dev: Device, rows: list[dict[str, Any]], env: dict[str, str]) -> dict[str, Any]:
+    """A specs.json entry for this device, with the peaks measured here."""
+    flops = {d: r for d in ("fp32", "bf16", "fp16")
+             if (r := _best_rate(rows, "GEMM", d, lambda f: 2 * f[0] * f[1] * f[2] * f[3]))}
+    bandwidth = _best_rate(rows, "MEMORY", None, lambda f: f[0])
+    memory = [r for r in rows if r["family"] == "MEMORY"]
+    floor_s = min((r["median_ns"] for r in memory), default=3000) * 1e-9
+    spec: dict[str, Any] = {"name": env["device_name"], "aliases": [],
+                            "flops": flops, "hbm_bytes_per_s": bandwidth or 1e10,
+                            "launch_overhead_s": floor_s, "measured": True}
+    if dev.kind == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        spec.update(capability=[p.major, p.minor], sm_count=p.multi_processor_count,
+                    memory_bytes=p.total_memory, l2_bytes=getattr(p, "L2_cache_size", 0))
+        coll = _best_rate(rows, "COLLECTIVE", None, lambda f: f[1])
+        spec["interconnect"] = {"kind": "measured", "bytes_per_s": coll or 25e9,
+                                "latency_s": 10e-6}
+        spec["pcie"] = _pcie()
+    else:
+        spec.update(sm_count=torch.get_num_threads(), memory_bytes=os.sysconf("SC_PAGE_SIZE")
+                    * os.sysconf("SC_PHYS_PAGES"))
+        # host memory is the device's memory: copies and transfers move at its bandwidth
+        link = {"bytes_per_s": bandwidth or 1e10, "latency_s": floor_s}
+        spec["interconnect"] = {"kind": "host-memory", **link}
+        spec["pcie"] = link
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m revati.predictors.profiler",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help="output folder")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--quick", action="store_true", help="a small grid (minutes, not hours)")
+    ap.add_argument("--repeats", type=int, help="timed calls per shape (default 20, CPU 5)")
+    ap.add_argument("--families", default="gemm,attention,memory,collective")
+    ap.add_argument("--specs", action="store_true",
+                    help="print this device's spec entry (measured on a small grid) and exit")
+    args = ap.parse_args(argv)
+    if torch is None:
+        print("profiler: needs PyTorch (pip install torch)", file=sys.stderr)
+        return 2
+    if os.environ.get("REVATI_SESSION"):
+        print("profiler: refusing to run inside a Revati session (it would time the "
+              "emulator)", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("profiler: no CUDA device; use --device cpu", file=sys.stderr)
+        return 2
+    if not args.specs and args.out is None:
+        ap.error("--out is required")
+    dev = Device(args.device, args.repeats or (20 if args.device == "cuda" else 5))
+    env = environment(dev)
+    families = set(args.families.split(","))
+    quick = args.quick or args.specs
+    grids = {"gemm": gemm_cases, "attention": attention_cases, "memory": memory_cases}
+    rows_by_family = {}
+    for name, grid in grids.items():
+        if name in families:
+            rows_by_family[name] = measure(dev, grid(dev, quick), env)
+            print(f"profiler: {name}: {len(rows_by_family[name])} shapes", file=sys.stderr)
+    if "collective" in families and dev.kind == "cuda" and torch.cuda.device_count() > 1:
+        rows_by_family["collective"] = collective_rows(torch.cuda.device_count(), dev.repeats,
+                                                       env)
+    rows = [r for rs in rows_by_family.values() for r in rs]
+    spec = device_spec(dev, rows, env)
+    if args.specs:
+        print(json.dumps(spec, indent=1))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rs in rows_by_family.items():
+        write_profile(args.out / f"{name}.csv", rs)
+    (args.out / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+    print(f"profiler: {len(rows)} shapes on {env['device_name']} -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
