@@ -134,7 +134,9 @@ def provenance(files: Sequence[Path], spec_source: str, extra: Mapping[str, Any]
         "lightgbm": lgb.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "revati": metadata.version("revati"),
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty_predictors": bool(_git("status", "--porcelain", "--", "predictors")),
+        # uncommitted changes to the code that trained (the bundles themselves aside)
+        "git_dirty_predictors": bool(_git("status", "--porcelain", "--", "predictors",
+                                          ":(exclude)predictors/bundles")),
         "params": {f.name: {**PARAMS[f], "rounds": ROUNDS[f]} for f in PARAMS},
         **extra,
     }
