@@ -1,0 +1,39 @@
+"""The predictors CLI: `python -m revati.predictors` (what `revatictl predictors` runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from revati.predictors import cli
+
+
+def test_list(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["list", "--json"]) == 0
+    rows = {r["sku"]: r for r in json.loads(capsys.readouterr().out)}
+    for sku in ("a100", "h100", "a40"):
+        assert rows[sku]["bundle"] and "GEMM" in rows[sku]["families"]
+    assert rows["h200"]["bundle"] is None and rows["h200"]["name"] == "NVIDIA H200"
+    assert cli.main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "roofline only" in text and "bundle (collective, gemm, memory, p2p" in text
+
+
+def test_module_entry_point() -> None:
+    r = subprocess.run([sys.executable, "-m", "revati.predictors", "list"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "a100" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "revati.predictors", "frobnicate"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_eval_errors(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["eval", "--sku", "a100", "--vidur-csv", str(tmp_path / "none.csv")]) == 2
+    assert "no file" in capsys.readouterr().err
+    (tmp_path / "mlp.csv").write_text("x\n")
+    assert cli.main(["eval", "--sku", "tpu-v5", "--vidur-csv", str(tmp_path / "mlp.csv")]) == 2
+    assert "unknown GPU SKU" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""The profiler on this machine's CPU (`--device cpu`), and a host-cpu bundle from its CSVs.
+The GPU path needs a GPU: see docs/predictors.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from revati.predictors import cli
+from revati.predictors.dataset import PROFILE_COLUMNS, read_profiles
+from revati.predictors.launch import Family
+from revati.predictors.registry import load_predictor
+from tests.predictors.events import gemm
+
+pytestmark = pytest.mark.torch
+pytest.importorskip("torch")
+
+
+def test_cpu_profile_trains_a_host_cpu_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "profile"
+    env = {k: v for k, v in os.environ.items() if k != "REVATI_SESSION"}
+    r = subprocess.run([sys.executable, "-m", "revati.predictors.profiler", "--out", str(out),
+                        "--device", "cpu", "--quick"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attention.csv", "gemm.csv", "memory.csv", "spec.json"]
+    with open(out / "gemm.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == PROFILE_COLUMNS
+    assert rows[0]["device_name"] and "torch=" in rows[0]["libraries"]
+    assert all(int(r["median_ns"]) > 0 for r in rows)
+    measured = read_profiles(out)
+    assert {Family(m.events[0].family) for m in measured} == {
+        Family.GEMM, Family.ATTENTION, Family.MEMORY}
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["flops"]["fp32"] > 1e9 and spec["sm_count"] >= 1
+
+    bundles = tmp_path / "bundles"
+    assert cli.main(["train", "--sku", "host-cpu", "--profile", str(out),
+                     "--out", str(bundles)]) == 0
+    p = load_predictor("host-cpu", bundles)
+    assert {Family.GEMM, Family.MEMORY} <= set(p.models) and "SDPA" in p.attention.calibrations
+    ev = gemm(64, 1024, 1024, dtype="fp32")  # a profiled shape
+    assert p.source(ev) == "lightgbm"
+    profiled = next(m.time_ns for m in measured if m.events[0].feats == ev.feats)
+    assert p.predict([ev])[0] == pytest.approx(profiled, rel=0.3)
+
+
+def test_profiler_refuses_to_run_inside_a_session(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "revati.predictors.profiler", "--out",
+                        str(tmp_path), "--device", "cpu"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "REVATI_SESSION": "abc"})
+    assert r.returncode == 2 and "inside a Revati session" in r.stderr
