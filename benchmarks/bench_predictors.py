@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 from revati.predictors.dataset import event
 from revati.predictors.launch import Collective, Family, LaunchEvent
@@ -64,8 +65,8 @@ def workload(n: int) -> list[LaunchEvent]:
     return out[:n]
 
 
-def rate(predictor_factory, events: list[LaunchEvent], batch: int, reps: int,
-         warm: bool) -> float:
+def rate(predictor_factory: Callable[[], Predictor], events: list[LaunchEvent], batch: int,
+         reps: int, warm: bool) -> float:
     """Median predictions per second over `reps` passes over `events` in `batch`-sized calls."""
     rates = []
     p: Predictor = predictor_factory()

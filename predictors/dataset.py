@@ -39,10 +39,10 @@ def event(family: Family, op: str, dtype: str, feats: Iterable[int]) -> LaunchEv
     return LaunchEvent(int(family), op, dtype, 0, 0, 0, tuple(int(x) for x in feats))
 
 
-def per_launch(data: Iterable[Measured]) -> Iterator[tuple[LaunchEvent, float, Measured]]:
+def per_launch(data: Iterable[Measured]) -> Iterator[tuple[LaunchEvent, float]]:
     """Training samples: each measurement split evenly over its identical launches."""
     for m in data:
-        yield m.events[0], m.time_ns / len(m.events), m
+        yield m.events[0], m.time_ns / len(m.events)
 
 
 def write_profile(path: Path, rows: Sequence[dict[str, object]]) -> None:

@@ -108,7 +108,7 @@ class Inputs(NamedTuple):
 # busy explains most of the steps in a GEMM's time as m or n grows.
 _TILES = ((64, 64), (64, 128), (128, 64), (128, 128), (128, 256), (256, 128))
 
-FEATURE_NAMES: dict[Family, tuple[str, ...]] = {
+MODEL_FEATURES: dict[Family, tuple[str, ...]] = {
     Family.GEMM: (
         "log_m", "log_n", "log_k", "log_batch", "log_flops", "log_bytes", "log_intensity",
         "log_t_compute", "log_t_memory",
@@ -205,7 +205,7 @@ def model_inputs(family: Family, events: Sequence[LaunchEvent], hw: Hardware,
         if build is None:
             raise ValueError(f"no trained model takes family {family!r}")
         X = build(events, hw)
-        base = np.zeros(len(events)) if family in MONOTONE else \
+        base = np.zeros(len(events)) if family in TRANSFER_BYTES else \
             np.log(roofline_ns(family, events, hw))
     # Rounded: equal quantities computed along different float paths (a difference of logs)
     # must be one value, or a split between them would not survive the saved thresholds.

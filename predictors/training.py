@@ -29,7 +29,7 @@ from revati.predictors.bundle import Bundle
 from revati.predictors.dataset import Measured, per_launch
 from revati.predictors.features import (
     CATEGORICAL,
-    FEATURE_NAMES,
+    MODEL_FEATURES,
     MONOTONE,
     coverage_key,
     model_inputs,
@@ -64,7 +64,7 @@ def fit(family: Family, samples: Sequence[tuple[LaunchEvent, float]], hw: Hardwa
     analytical = attention.predict_ns(events) if family == Family.ATTENTION and attention \
         else None
     X, base = model_inputs(family, events, hw, analytical)
-    names = FEATURE_NAMES[family]
+    names = MODEL_FEATURES[family]
     data = lgb.Dataset(X, np.log(times) - base, feature_name=list(names),
                        categorical_feature=list(CATEGORICAL.get(family, ())),
                        free_raw_data=True)
@@ -102,7 +102,7 @@ def train_models(measured: Iterable[Measured], hw: Hardware,
                  families: Iterable[Family] = tuple(PARAMS),
                  ) -> tuple[dict[Family, FamilyModel], dict[str, Calibration]]:
     by_family: dict[Family, list[tuple[LaunchEvent, float]]] = defaultdict(list)
-    for ev, t, _ in per_launch(measured):
+    for ev, t in per_launch(measured):
         if t > 0:
             by_family[Family(ev.family)].append((ev, t))
     calibrations = calibrate_attention(by_family[Family.ATTENTION], hw)

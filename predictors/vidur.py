@@ -132,9 +132,13 @@ def model_files(sku: str, root: Path | None = None) -> dict[str, Path]:
     return {str(p.parent.relative_to(compute)): p for p in sorted(compute.glob("*/*/mlp.csv"))}
 
 
-def compute_data(sku: str, root: Path | None = None) -> list[Measured]:
-    return [m for name, path in model_files(sku, root).items()
+def _read_models(files: dict[str, Path]) -> list[Measured]:
+    return [m for name, path in files.items()
             for m in read_mlp_csv(path, name, ARCHS.get(name, Arch()))]
+
+
+def compute_data(sku: str, root: Path | None = None) -> list[Measured]:
+    return _read_models(model_files(sku, root))
 
 
 def network_files(sku: str, root: Path | None = None) -> list[Path]:
@@ -167,6 +171,5 @@ def training_data(sku: str, root: Path | None = None, exclude: Iterable[str] = (
                   ) -> tuple[list[Measured], list[Path]]:
     """All Vidur data for a SKU, less the models in `exclude`, and the files it came from."""
     files = {name: p for name, p in model_files(sku, root).items() if name not in set(exclude)}
-    measured = [m for name, path in files.items()
-                for m in read_mlp_csv(path, name, ARCHS.get(name, Arch()))]
-    return measured + network_data(sku, root), [*files.values(), *network_files(sku, root)]
+    return _read_models(files) + network_data(sku, root), \
+        [*files.values(), *network_files(sku, root)]

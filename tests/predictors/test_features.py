@@ -9,7 +9,7 @@ import pytest
 from revati.predictors import vidur
 from revati.predictors.attention import Backend, attention_backend, flops_bytes
 from revati.predictors.features import (
-    FEATURE_NAMES,
+    MODEL_FEATURES,
     MemKind,
     coverage_key,
     memory_kind,
@@ -25,7 +25,7 @@ A100 = Hardware.from_spec(spec("a100"))  # 108 SMs, 312 TFLOP/s bf16, 2.039 TB/s
 
 def named(family: Family, ev) -> dict[str, float]:
     X, _ = model_inputs(family, [ev], A100)
-    return dict(zip(FEATURE_NAMES[family], X[0].tolist(), strict=True))
+    return dict(zip(MODEL_FEATURES[family], X[0].tolist(), strict=True))
 
 
 def test_gemm_features_by_hand() -> None:
