@@ -92,6 +92,7 @@ class Predictor:
         if len(self._cache) + len(missing) > self.CACHE_LIMIT:
             self._cache.clear()
             self._sources.clear()
+            missing = set(keys)  # this batch's hits went with the rest
         by_family: dict[int, list[Key]] = defaultdict(list)
         for k in missing:
             by_family[k[0]].append(k)
