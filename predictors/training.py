@@ -42,7 +42,8 @@ from revati.predictors.roofline import Hardware
 _COMMON = {"objective": "l2", "verbose": -1, "seed": 0, "deterministic": True,
            "force_row_wise": True, "num_threads": 2, "min_data_in_leaf": 5}
 # Sized for accuracy under LOMO per byte of model text (the shipped bundles stay near 100 KiB
-# per SKU): larger models measured no better on held-out models.
+# per SKU): 400-tree GEMM models measured at most 0.8 points better median APE on held-out
+# models, for eight times the text.
 PARAMS: dict[Family, dict[str, Any]] = {
     Family.GEMM: {"num_leaves": 63, "learning_rate": 0.2, "feature_fraction": 0.7},
     Family.MEMORY: {"num_leaves": 31, "learning_rate": 0.25, "min_data_in_leaf": 10},
