@@ -57,6 +57,7 @@ class MemKind(IntEnum):
 _MEM_KEYWORDS: tuple[tuple[MemKind, tuple[str, ...]], ...] = (
     (MemKind.ROTARY, ("rotary", "rope")),  # before EMBEDDING: "rotary_embedding"
     (MemKind.EMBEDDING, ("embedding",)),
+    (MemKind.ELEMENTWISE, ("normal", "uniform", "bernoulli", "rand", "exponential")),  # RNG
     (MemKind.NORM, ("norm",)),
     (MemKind.ACTIVATION, ("silu", "gelu", "relu", "swiglu", "sigmoid", "tanh", "and_mul")),
     (MemKind.REDUCTION, ("softmax", "sum", "mean", "amax", "max", "min", "argmax", "topk",

@@ -76,7 +76,7 @@ def test_memory_features_by_hand() -> None:
     ("aten::gelu", MemKind.ACTIVATION), ("aten::add", MemKind.ELEMENTWISE),
     ("aten::mul", MemKind.ELEMENTWISE), ("aten::copy_", MemKind.COPY),
     ("aten::cat", MemKind.COPY), ("aten::_softmax", MemKind.REDUCTION),
-    ("vllm::reshape_and_cache_flash", MemKind.COPY),
+    ("vllm::reshape_and_cache_flash", MemKind.COPY), ("aten::normal_", MemKind.ELEMENTWISE),
 ])
 def test_memory_kind(op: str, kind: MemKind) -> None:
     assert memory_kind(op) == kind
