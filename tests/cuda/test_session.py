@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -23,10 +24,9 @@ def test_two_rank_all_reduce_completes_at_the_last_arrival_plus_its_duration(
         "--fixed-ns", str(COLLECTIVE_NS))
     assert result.returncode == 0, result.stderr
     times = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("rank "):
-            _, r, _, arrived, _, done = line.split()
-            times[int(r)] = (float(arrived), float(done))
+    for r, arrived, done in re.findall(r"rank (\d) arrived ([\d.]+) done ([\d.]+)",
+                                       result.stdout):
+        times[int(r)] = (float(arrived), float(done))
     assert sorted(times) == [0, 1]
     last = max(arrived for arrived, _ in times.values())
     assert last >= 0.05

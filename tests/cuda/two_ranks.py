@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def rank(r: int, port: int) -> None:
     arrived = time.monotonic() - t0
     dist.all_reduce(x)
     torch.cuda.synchronize()
-    print(f"rank {r} arrived {arrived:.6f} done {time.monotonic() - t0:.6f}", flush=True)
+    # One write(2) per line: both ranks share the pipe, and print() may split a line in two.
+    os.write(1, f"rank {r} arrived {arrived:.6f} done {time.monotonic() - t0:.6f}\n".encode())
     dist.destroy_process_group()
 
 
