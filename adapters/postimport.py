@@ -11,7 +11,9 @@ from typing import Any
 
 
 class _PostImport(importlib.abc.MetaPathFinder):
-    """Finds `name` once, through the ordinary path finder, and wraps its loader."""
+    """Finds `name` through the ordinary path finder and wraps its loader. It stays in
+    sys.meta_path until the module really executes: `importlib.util.find_spec("torch")`
+    (how transformers asks whether torch is installed) finds without importing."""
 
     def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
         self.name = name
@@ -20,16 +22,17 @@ class _PostImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
-        callback = self.callback
+        finder = self
 
         def exec_and_hook(module: Any) -> None:
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
             exec_module(module)
-            callback(module)
+            finder.callback(module)
 
         spec.loader.exec_module = exec_and_hook  # type: ignore[method-assign]
         return spec

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from revati.adapters.gpu_link import GpuLink
 
 __all__ = ["DEFAULT_CONTEXT_BYTES", "DEFAULT_HOST_BYTES", "DEFAULT_HOST_FLOAT_BYTES",
-           "TokenOracle", "install", "is_installed", "set_oracle"]
+           "TokenOracle", "install", "is_installed", "launch", "set_oracle"]
 
 DEFAULT_HOST_BYTES = 1 << 20
 """Integer and boolean allocations up to this size are host-backed: their values are real."""
@@ -57,14 +57,14 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
     """
     from revati.predictors import skus
 
-    spec = skus.spec(sku)
+    spec = skus.device_spec(sku)  # specs.json, or a profiled device (host-cpu)
     if num_gpus < 1:
         raise ValueError("num_gpus must be at least 1")
     with _lock:
         from revati.adapters.cuda.state import S
 
         if S.installed:
-            if (skus.canonical(sku), num_gpus) != (S.sku, S.num_gpus):
+            if (skus.resolve(sku), num_gpus) != (S.sku, S.num_gpus):
                 raise RuntimeError(
                     f"revati: virtual CUDA is already installed with {S.num_gpus} x {S.sku}; "
                     f"cannot switch to {num_gpus} x {sku} in the same process")
@@ -74,7 +74,7 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
                 S.oracle = oracle
             return
         with _frozen(link):
-            _install(S, skus.canonical(sku), spec, num_gpus, link,
+            _install(S, skus.resolve(sku), spec, num_gpus, link,
                      (host_bytes, host_float_bytes), context_bytes, oracle or TokenOracle())
             if nvml:
                 from revati.adapters.cuda import nvml as nvml_module
@@ -124,6 +124,10 @@ def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuL
     with contextlib.suppress(ImportError):
         importlib.import_module("torch.distributed.tensor")
     surface.patch()
+    from revati.adapters.cuda import triton as triton_launches
+    from revati.adapters.postimport import when_imported
+
+    when_imported("triton", triton_launches.install)
     S.installed = True
 
 
@@ -139,3 +143,17 @@ def set_oracle(oracle: TokenOracle) -> None:
     from revati.adapters.cuda.state import S
 
     S.oracle = oracle
+
+
+def launch(family: int, op: str, dtype: str, feats: tuple[int, ...],
+           device: int | None = None) -> None:
+    """One kernel that framework glue describes itself (a fused norm, an attention call with
+    the batch composition from the framework's metadata), launched on the current stream of
+    `device` (default: the thread's current device); recorded instead when that stream
+    captures a graph. Features follow revati.predictors.launch."""
+    from revati.adapters.cuda.state import THREAD, S
+    from revati.adapters.cuda.tensor import emit
+
+    link = S.link_override if S.link_override is not None else S.link()
+    with link.freeze():
+        emit(link, THREAD.device if device is None else device, family, op, dtype, feats)

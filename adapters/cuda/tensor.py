@@ -648,6 +648,9 @@ def _to_copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]
     t = args[0]
     device = kwargs.get("device")
     link = S.link()
+    if device is not None and torch.device(device).type == "meta":  # shape only: no kernel
+        return torch.empty_strided(t.shape, t.stride(), dtype=kwargs.get("dtype") or t.dtype,
+                                   device="meta")
     if device is not None and torch.device(device).type == "cpu":  # device to host
         non_blocking = kwargs.get("non_blocking", False)
         with link.freeze():

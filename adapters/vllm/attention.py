@@ -1,0 +1,163 @@
+"""Revati's attention backend for vLLM: FlashAttention's place, as launch events.
+
+The metadata builder reads the batch composition from vLLM's CPU-side metadata (query start
+locations and context lengths) once per step; every layer's `forward` then emits the
+attention kernel with those features (and the KV-cache write that precedes it) and leaves the
+pre-allocated output as it is: values of activations are never computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+
+from revati.adapters.cuda import launch
+from revati.adapters.cuda.ops import dtype_name
+from revati.predictors.launch import Family
+
+ATTENTION_OP = "vllm::flash_attn_varlen"
+KV_WRITE_OP = "vllm::reshape_and_cache_flash"
+
+
+class RevatiAttentionBackend(AttentionBackend):
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16,
+                                                     torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list[Any]] = ["auto", "float16", "bfloat16",
+                                                      "fp8", "fp8_e4m3", "fp8_e5m2"]
+    forward_includes_kv_cache_update = True
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec: Any = None) -> list[Any]:
+        return [MultipleOf(16)]  # FlashAttention's paged KV granularity
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls() -> type[RevatiAttentionImpl]:
+        return RevatiAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[RevatiAttentionMetadataBuilder]:
+        return RevatiAttentionMetadataBuilder
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type in (AttentionType.DECODER, AttentionType.ENCODER_ONLY)
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_non_causal(cls) -> bool:
+        return True
+
+
+@dataclass
+class Batch:
+    """One step's batch, as the attention kernels see it: (num_seqs, q_tokens, kv_sum,
+    kv_max, kv_sq_sum) of the decode rows and of the prefill rows (None where there are
+    none). FlashAttention runs a mixed batch as one varlen kernel whose cost is that of its
+    decode and prefill parts; the predictors model each part best on its own."""
+
+    num_actual_tokens: int
+    decode: tuple[int, int, int, int, int] | None
+    prefill: tuple[int, int, int, int, int] | None
+    causal: bool
+
+
+def _part(q: np.ndarray, kv: np.ndarray) -> tuple[int, int, int, int, int] | None:
+    if len(q) == 0:
+        return None
+    kv = kv.astype(np.int64)
+    return (len(q), int(q.sum()), int(kv.sum()), int(kv.max()), int((kv * kv).sum()))
+
+
+class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[Batch]):
+    # Replays of a captured graph re-emit attention with each step's batch (graphs.py).
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
+
+    def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any,
+                 device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self._init_reorder_batch_threshold(1)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> Batch:
+        cm = common_attn_metadata
+        n = cm.num_reqs
+        qsl = cm.query_start_loc_cpu[: n + 1].numpy()
+        q = np.diff(qsl)
+        kv_t = cm.seq_lens_cpu_upper_bound
+        kv = kv_t[:n].numpy() if kv_t is not None else q
+        is_decode = q <= 1
+        batch = Batch(int(qsl[-1]), _part(q[is_decode], kv[is_decode]),
+                      _part(q[~is_decode], kv[~is_decode]), bool(cm.causal))
+        current.batch = batch
+        return batch
+
+
+class _Current:
+    """The batch of the step being built: a replayed graph re-emits attention with it."""
+
+    batch: Batch | None = None
+
+
+current = _Current()
+
+
+class RevatiAttentionImpl(AttentionImpl[Batch]):
+    def __init__(self, num_heads: int, head_size: int, scale: float,
+                 num_kv_heads: int | None = None, alibi_slopes: list[float] | None = None,
+                 sliding_window: int | None = None, kv_cache_dtype: str = "auto",
+                 logits_soft_cap: float | None = None, attn_type: str = AttentionType.DECODER,
+                 kv_sharing_target_layer_name: str | None = None, **_: Any) -> None:
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.sliding_window = sliding_window
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+
+    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: Batch, output: torch.Tensor,
+                output_scale: torch.Tensor | None = None,
+                output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
+        if attn_metadata is None:  # profiling run without KV caches
+            return output
+        emit(attn_metadata, dtype_name(query.dtype), query.device.index or 0, self.num_heads,
+             self.num_kv_heads, self.head_size,
+             write_kv=self.kv_sharing_target_layer_name is None and key is not None,
+             kv_dtype=dtype_name(kv_cache.dtype) if kv_cache.numel() else "bf16")
+        return output
+
+
+def emit(b: Batch, dtype: str, dev: int, n_heads: int, n_kv_heads: int, head_dim: int,
+         write_kv: bool, kv_dtype: str) -> None:
+    """The kernels one attention layer launches for batch `b`."""
+    if write_kv:
+        elements = b.num_actual_tokens * n_kv_heads * head_dim
+        itemsize = 1 if kv_dtype in ("fp8", "int8") else 2
+        # K and V read once and written once into their cache slots
+        launch(Family.MEMORY, KV_WRITE_OP, dtype, (4 * elements * itemsize, 2 * elements),
+               dev)
+    for part in (b.decode, b.prefill):
+        if part is not None:
+            launch(Family.ATTENTION, ATTENTION_OP, dtype,
+                   (*part, n_heads, n_kv_heads, head_dim, int(b.causal)), dev)
