@@ -387,6 +387,8 @@ def device_spec(dev: Device, rows: list[dict[str, Any]], env: dict[str, str]) ->
         link = {"bytes_per_s": bandwidth or 1e10, "latency_s": floor_s}
         spec["interconnect"] = {"kind": "host-memory", **link}
         spec["pcie"] = link
+        # a CPU runs each kernel on the calling thread: the host waits for every launch
+        spec["synchronous"] = True
     return spec
 
 

@@ -28,7 +28,7 @@ from revati.predictors.features import coverage_key
 from revati.predictors.launch import FEATURE_NAMES, Family, LaunchEvent
 from revati.predictors.models import FamilyModel
 from revati.predictors.roofline import Hardware, roofline_ns
-from revati.predictors.skus import UnknownSku, canonical, spec
+from revati.predictors.skus import UnknownSku, canonical, profiled_bundle, spec
 
 log = structlog.get_logger("revati.predictors")
 
@@ -164,12 +164,15 @@ class TablePredictor:
 def load_predictor(sku: str, root: Path | None = None) -> Predictor:
     """The predictor for a SKU name or alias: its bundle (under `root`, the shipped bundles by
     default) when there is one, else roofline and analytical models with a warning. A name
-    that is not in specs.json but has a bundle (a profiled device such as host-cpu) loads that
-    bundle; any other unknown name raises UnknownSku."""
+    that is not in specs.json but has a bundle (a profiled device such as host-cpu, under
+    `root`, or with no root the shipped bundles or this machine's, `skus.user_bundles_dir()`)
+    loads that bundle; any other unknown name raises UnknownSku."""
     try:
         key = canonical(sku)
     except UnknownSku:
         key = sku.strip().lower()
+        if root is None and (found := profiled_bundle(key)) is not None:
+            return Predictor.from_bundle(Bundle.load(found), found)
         if not (bundle_dir(key, root) / "bundle.json").exists():
             raise
     path = bundle_dir(key, root)

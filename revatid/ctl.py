@@ -59,7 +59,8 @@ def daemon_for_run(socket_path: str | None) -> Iterator[str]:
              "--ready-fd", str(write_fd), "--log-level", os.environ.get("REVATI_LOG_LEVEL",
                                                                          "warning")],
             pass_fds=(write_fd,), stdout=log, stderr=log,
-            env={k: v for k, v in os.environ.items() if not k.startswith("REVATI_")})
+            env={k: v for k, v in os.environ.items()
+                 if not k.startswith("REVATI_") or k in ("REVATI_CACHE", "REVATI_BUNDLES")})
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as ready:
             line = ready.readline()

@@ -7,6 +7,13 @@ queued behind a blocked stream wait in order and run when it is released.
 
 Streams are keyed by (pid, device, stream): each process owns its streams; streams of one
 device run concurrently (no contention model between them).
+
+A synchronous device (`synchronous`: a profiled CPU, spec "synchronous") runs each kernel on
+the launching thread, so the host's own time between launches does not overlap kernels: a
+stream keeps `shift`, the kernel time launched since the host last waited, and a launch at host
+time t starts at max(ready, t + shift). A host sync at time `now` waits until now + shift (the
+host's time since its last launch comes after the kernels, not beside them) and clears the
+shift. The host waits once per sync, as on a GPU, instead of after every launch.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class BadBatch(ValueError):
 @dataclass
 class Stream:
     ready: int = 0
+    shift: int = 0  # synchronous device: kernel time launched since the host last waited
     blocked: deque = field(default_factory=deque)  # items waiting behind a dependency
 
 
@@ -57,6 +65,7 @@ class GpuTimeline:
         self.graphs: dict[tuple[int, int], int] = {}  # (pid, graph id) -> duration ns
         self.launches = 0
         self.collectives = 0
+        self.synchronous = False  # the device runs kernels on the launching thread (a CPU)
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -132,8 +141,13 @@ class GpuTimeline:
         kind = item[0]
         if kind == ITEM_LAUNCH:
             _, device, stream, ev, dur = item
-            start = max(s.ready, ev.t_ns)
-            s.ready = start + dur
+            if self.synchronous:
+                start = max(s.ready, ev.t_ns + s.shift)
+                s.ready = start + dur
+                s.shift = s.ready - ev.t_ns
+            else:
+                start = max(s.ready, ev.t_ns)
+                s.ready = start + dur
             self.trace.kernel(pid, device, stream, ev, start, dur)
             return False
         if kind == ITEM_RECORD:
@@ -189,8 +203,15 @@ class GpuTimeline:
             callback()
 
     # -- queries
-    def stream_ready(self, pid: int, device: int, stream: int | None) -> int | None:
-        """Ready time of one stream (None: every stream of the device); None while blocked."""
+    def stream_ready(self, pid: int, device: int, stream: int | None, now: int | None = None,
+                     ) -> int | None:
+        """Ready time of one stream (None: every stream of the device); None while blocked.
+        `now`: the host syncs at this time (a synchronous device catches up, see above)."""
+        if self.synchronous and now is not None:
+            for (p, d, st), s in self.streams.items():
+                if p == pid and d == device and (stream is None or st == stream) \
+                        and not s.blocked:
+                    s.ready, s.shift = max(s.ready, now + s.shift), 0
         if stream is not None:
             s = self.streams.get((pid, device, stream))
             if s is None:

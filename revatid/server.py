@@ -157,7 +157,8 @@ class Daemon:
         if stream is not None and not isinstance(stream, int):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "stream must be an int or nil")
         return self._gpu_wait(s, p, bool(msg.get("wait")), "sync",
-                              lambda: s.timeline.stream_ready(p.pid, msg["device"], stream))
+                              lambda: s.timeline.stream_ready(p.pid, msg["device"], stream,
+                                                              s.page.now()))
 
     def gpu_event_time(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()

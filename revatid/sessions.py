@@ -22,7 +22,7 @@ import structlog
 
 from revati.adapters.clock._vclock import MAX_SLOTS, NO_DEADLINE, Page
 from revati.predictors import registry
-from revati.predictors.skus import UnknownSku, canonical, spec
+from revati.predictors.skus import UnknownSku, device_spec, resolve
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
 from revati.revatid.procwatch import ProcWatch, alive, looks_like_python
@@ -80,7 +80,7 @@ class Session:
         if unknown:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown session options {sorted(unknown)}")
         try:
-            self.gpu = canonical(gpu)
+            self.gpu = resolve(gpu)  # a specs.json SKU or a profiled device (host-cpu)
         except UnknownSku as exc:
             raise ProtocolError(ErrorCode.UNKNOWN_GPU, str(exc)) from None
         if not 1 <= num_gpus <= 64:
@@ -100,6 +100,7 @@ class Session:
         self.ended_mono: float | None = None
         self.trace = Trace()
         self.timeline = GpuTimeline(lambda: _load_predictor(self.gpu, self.options), self.trace)
+        self.timeline.synchronous = bool(device_spec(self.gpu).get("synchronous"))
         self.participants: dict[int, Participant] = {}  # by slot
         self.expected: dict[int, float] = {}  # child pid -> monotonic time it was announced
         self.exited: list[dict[str, Any]] = []
@@ -222,7 +223,7 @@ class Session:
         tk = self.timekeeper
         return {
             "id": self.id, "name": self.options["name"], "state": self.state, "gpu": self.gpu,
-            "gpu_name": spec(self.gpu)["name"], "num_gpus": self.num_gpus,
+            "gpu_name": device_spec(self.gpu)["name"], "num_gpus": self.num_gpus,
             "options": self.options, "page": self.page_path, "created": self.created_wall,
             # virtual time 0 on the participants' monotonic and wall clocks, ns
             "origin_monotonic_ns": self.page.origins()[0],

@@ -257,6 +257,7 @@ SPECS: dict[str, dict] = {
     "Qwen3-8B": {"family": "qwen3"},
     "Qwen3-30B-A3B": {"family": "qwen3"},
     "Mixtral-8x7B": {"family": "mistral"},
+    "Llama-tiny": {"family": "tiny"},  # the accuracy harness's small model (revatid/validate)
 }
 
 FAMILIES: dict[str, dict] = {
@@ -289,6 +290,17 @@ FAMILIES: dict[str, dict] = {
         "unk": "<unk>",
         "add_bos": True,
         "model_max_length": 32768,
+        "chat_template": MISTRAL_CHAT,
+    },
+    # a 2048-id vocabulary laid out as Mistral's (<unk>, <s>, </s> first)
+    "tiny": {
+        "regular": 2048,
+        "bos": "<s>",
+        "eos": "</s>",
+        "pad": None,
+        "unk": "<unk>",
+        "add_bos": True,
+        "model_max_length": 4096,
         "chat_template": MISTRAL_CHAT,
     },
 }
