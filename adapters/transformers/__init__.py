@@ -1,0 +1,122 @@
+"""Hugging Face transformers' continuous batching on Revati's virtual CUDA.
+
+    from revati.adapters import transformers as revati_hf
+    revati_hf.install()        # in a process of a Revati session; a no-op elsewhere
+
+transformers 5.17's `ContinuousBatchingManager` (`init_continuous_batching`, `generate_batch`,
+`continuous_batching_context_manager`) runs unchanged on virtual `cuda` tensors: the model's
+ops, the paged KV cache (`PagedAttentionCache`, sized from `torch.cuda.mem_get_info`, which
+is the virtual allocator's), the scheduler's host-side metadata (block tables, cumulative
+sequence lengths, read and write indices: small integer tensors, host-backed, so their values
+are real) and the sampled tokens read back with `.tolist()` (values from the token oracle).
+What the glue adds, at transformers' seams and without editing installed files:
+
+* the token oracle is set from the model when a manager is created (vocabulary size, EOS ids
+  of the generation config, the manager's seed): sampled ids are valid ids of that model and
+  never an EOS, so every request generates its `max_new_tokens`, as with EOS disabled;
+* the attention of `paged|sdpa` (transformers' CB attention when flash-attn is absent) is one
+  dense `scaled_dot_product_attention` over the packed batch with a block-causal mask: on a GPU
+  that is the memory-efficient kernel computing every (query, key) pair of the packed batch,
+  and the launch says exactly that (ATTENTION, one sequence of `q_tokens` queries over
+  `kv_sum` keys, `aten::_scaled_dot_product_efficient_attention`). `install()` wraps the
+  registered `paged|sdpa` and `paged|eager` functions (`AttentionInterface`) to record each
+  call's batch composition (sequences, query and key lengths, from `cu_seq_lens_q/k`) in
+  `calls`, for tests and traces; the kernel's cost does not depend on it.
+
+Not covered: `paged|flash_attention_*` (varlen flash kernels, whose cost does depend on the
+composition) needs flash-attn's functions on virtual tensors; CUDA graphs in CB
+(`use_cuda_graph=True`) and `torch.compile` paths are untested.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_installed = False
+
+calls: collections.deque[dict[str, Any]] = collections.deque(maxlen=4096)
+"""The batch composition of recent paged attention calls (layer 0 only): `seqs`, `q_lens`,
+`kv_lens`, `impl`."""
+
+
+def install() -> bool:
+    """Hook transformers' continuous batching for this process's virtual CUDA. Returns False
+    (and does nothing) when virtual CUDA is not installed (a real device, no session)."""
+    global _installed
+    from revati.adapters import cuda
+
+    if not cuda.is_installed():
+        return False
+    with _lock:
+        if _installed:
+            return True
+        from transformers.generation.continuous_batching import continuous_api
+        from transformers.modeling_utils import AttentionInterface
+
+        _hook_manager(continuous_api.ContinuousBatchingManager)
+        for name in ("paged|sdpa", "paged|eager"):
+            original = AttentionInterface._global_mapping.get(name)
+            if original is not None and not getattr(original, "_revati", False):
+                AttentionInterface.register(name, _recording(name, original))
+        _installed = True
+    return True
+
+
+def _hook_manager(cls: Any) -> None:
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, model: Any, generation_config: Any, continuous_batching_config: Any,
+                 *args: Any, **kwargs: Any) -> None:
+        init(self, model, generation_config, continuous_batching_config, *args, **kwargs)
+        set_oracle_for(model.config, generation_config, continuous_batching_config.seed)
+
+    cls.__init__ = __init__
+
+
+def set_oracle_for(config: Any, generation_config: Any = None, seed: int | None = None) -> None:
+    """Token oracle for a model: its vocabulary, its EOS ids (never sampled)."""
+    from revati.adapters import cuda
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    eos: list[int] = []
+    for source in (generation_config, text):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if value is None or value == -1:
+            continue
+        eos.extend(value if isinstance(value, (list, tuple)) else [value])
+    eos = sorted({int(e) for e in eos if 0 <= int(e) < text.vocab_size})
+    cuda.set_oracle(cuda.TokenOracle(text.vocab_size, eos, seed=seed or 0))
+
+
+def _lengths(cu: Any) -> list[int] | None:
+    """Per-sequence lengths from a cumulative-lengths tensor (or dict of them), when its
+    values are host-backed."""
+    if isinstance(cu, dict):  # per layer type ("full_attention", ...)
+        cu = next(iter(cu.values()), None)
+    if cu is None:
+        return None
+    try:
+        values = cu.tolist()
+    except RuntimeError:  # meta-backed: no values
+        return None
+    return [b - a for a, b in itertools.pairwise(values)]
+
+
+def _recording(name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                  *args: Any, **kwargs: Any) -> Any:
+        if getattr(module, "layer_idx", 0) == 0:
+            q, k = _lengths(kwargs.get("cu_seq_lens_q")), _lengths(kwargs.get("cu_seq_lens_k"))
+            if q is not None:
+                calls.append({"impl": name, "seqs": len(q), "q_lens": q, "kv_lens": k})
+        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+
+    attention._revati = True  # type: ignore[attr-defined]
+    return attention

@@ -1,0 +1,66 @@
+"""Per-request latency metrics of a workload result, and the real-versus-emulated comparison.
+
+TTFT: first token time - arrival. TPOT: (last token - first token) / (tokens - 1), requests
+with two or more tokens. ITL: every gap between consecutive tokens of a request. E2E: finish -
+arrival. Throughput: output tokens / span from the first arrival to the last finish.
+Percentiles are numpy's (linear interpolation). Times in the JSON are milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+LATENCIES = ("ttft", "tpot", "itl", "e2e")
+
+
+def samples(result: dict[str, Any]) -> dict[str, list[float]]:
+    """Latency samples in seconds, by metric."""
+    out: dict[str, list[float]] = {m: [] for m in LATENCIES}
+    for r in result["requests"]:
+        t = r["token_times"]
+        out["ttft"].append(t[0] - r["arrival"])
+        out["e2e"].append(r["finish"] - r["arrival"])
+        if len(t) > 1:
+            out["tpot"].append((t[-1] - t[0]) / (len(t) - 1))
+            out["itl"].extend(b - a for a, b in itertools.pairwise(t))
+    return out
+
+
+def summary(result: dict[str, Any]) -> dict[str, float]:
+    """Flat metrics: ttft_p50_ms ... e2e_p99_ms, throughput_tok_s, throughput_req_s."""
+    out: dict[str, float] = {}
+    for metric, xs in samples(result).items():
+        arr = np.asarray(xs) * 1e3
+        for p in PERCENTILES:
+            out[f"{metric}_p{p}_ms"] = float(np.percentile(arr, p)) if arr.size else float("nan")
+    reqs = result["requests"]
+    span = max(r["finish"] for r in reqs) - min(r["arrival"] for r in reqs)
+    out["throughput_tok_s"] = sum(len(r["token_times"]) for r in reqs) / span
+    out["throughput_req_s"] = len(reqs) / span
+    return out
+
+
+def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per metric: real, emulated and error_pct = (emulated - real) / real * 100."""
+    a, b = summary(real), summary(emulated)
+    return {k: {"real": a[k], "emulated": b[k],
+                "error_pct": (b[k] - a[k]) / a[k] * 100 if a[k] else float("nan")}
+            for k in a}
+
+
+def table(metrics: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'metric':<20}{'real':>12}{'emulated':>12}{'error %':>10}"]
+    for k, v in metrics.items():
+        lines.append(f"{k:<20}{v['real']:>12.3f}{v['emulated']:>12.3f}{v['error_pct']:>+10.1f}")
+    return "\n".join(lines)
+
+
+def check(metrics: dict[str, dict[str, float]], bounds: dict[str, float]) -> list[str]:
+    """The metrics whose |error_pct| passes their bound, as messages (empty: all within)."""
+    return [f"{k}: real {metrics[k]['real']:.3f} emulated {metrics[k]['emulated']:.3f} "
+            f"({metrics[k]['error_pct']:+.1f}%, bound {bound:.0f}%)"
+            for k, bound in bounds.items() if not abs(metrics[k]["error_pct"]) <= bound]

@@ -1,0 +1,276 @@
+"""The validation workload: Hugging Face transformers' continuous batching serving a trace.
+
+    python -m revati.revatid.validate.workload --device cpu|cuda [--size small|full]
+        [--dtype fp32|bf16] [--threads N] [--out result.json]
+
+One process. A Llama-style model with random weights (seeded) from the bundled `Llama-tiny`
+config (adapters/models/Llama-tiny) is served by transformers' `ContinuousBatchingManager`
+(`init_continuous_batching`: paged KV cache, its FIFO scheduler, a background generation
+thread, attention `paged|sdpa`). A client in the main thread submits the requests of the shipped
+trace (trace.csv: arrival times, prompt and output lengths) at their arrival times, with random
+prompt token ids (seeded), and a reader thread stamps every streamed token with the process
+clock (`time.perf_counter`). Under `revatictl run` that clock is the session's virtual clock,
+so the same code measures real time on a real device and virtual time under Revati.
+
+The serving configuration is fixed and explicit (block size, number of blocks, batch limits, no
+CUDA graphs, no async batching, EOS disabled so every request generates exactly its trace
+length), so that the three runs (cpu, cuda, Revati's virtual cuda) schedule the same batches.
+The output JSON holds per-request arrival, first-token and finish times and token times, plus
+the configuration and provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TRACE = HERE / "trace.csv"
+MODEL = "Llama-tiny"
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much of the trace to serve and how to scale it."""
+
+    requests: int
+    time_scale: float  # arrival times are multiplied by this (trace seconds -> run seconds)
+    max_prompt: int  # prompt lengths are clamped to this
+    max_output: int  # and output lengths to this
+
+
+SIZES = {
+    "small": Size(requests=12, time_scale=0.1, max_prompt=128, max_output=16),
+    "full": Size(requests=64, time_scale=0.15, max_prompt=256, max_output=64),
+}
+
+
+@dataclass(frozen=True)
+class Serving:
+    """transformers' ContinuousBatchingConfig, fixed so every device schedules alike."""
+
+    block_size: int = 32
+    num_blocks: int = 256
+    max_batch_tokens: int = 256
+    max_requests_per_batch: int = 16
+
+
+def load_trace(size: Size, path: Path = TRACE) -> list[tuple[float, int, int]]:
+    """(arrival s, prompt tokens, output tokens) of the first `size.requests` trace rows."""
+    with open(path) as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    out = []
+    for r in rows[: size.requests]:
+        out.append((float(r["arrival_s"]) * size.time_scale,
+                    min(int(r["prompt_tokens"]), size.max_prompt),
+                    min(int(r["output_tokens"]), size.max_output)))
+    return out
+
+
+def config_dir() -> Path:
+    import revati.adapters.models as models
+
+    return models.HERE / MODEL
+
+
+def build_model(device: str, dtype: str, seed: int) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig.from_pretrained(config_dir())
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)
+    # paged|sdpa on every device: transformers would otherwise switch to flash attention where
+    # flash-attn is installed, and the runs would not compare the same kernels
+    model.set_attn_implementation("paged|sdpa")
+    return model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
+
+
+def make_manager(model: Any, serving: Serving, max_new_tokens: int, seed: int) -> Any:
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                           bos_token_id=1, pad_token_id=0)
+    cb = ContinuousBatchingConfig(
+        block_size=serving.block_size, num_blocks=serving.num_blocks,
+        max_batch_tokens=serving.max_batch_tokens,
+        max_requests_per_batch=serving.max_requests_per_batch, allow_block_sharing=False,
+        use_async_batching=False, use_cuda_graph=False, seed=seed)
+    return model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+
+
+class Reader(threading.Thread):
+    """Drains the manager's output queue, stamping each streamed token with the clock."""
+
+    def __init__(self, manager: Any, expected: int) -> None:
+        super().__init__(daemon=True, name="revati-validate-reader")
+        self.manager = manager
+        self.expected = expected
+        self.tokens: dict[str, list[float]] = {}
+        self.finished: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while len(self.finished) < self.expected:
+            out = self.manager.get_result(timeout=0.5)
+            now = time.perf_counter()
+            if out is None:
+                if not self.manager.is_running():
+                    break
+                continue
+            stamps = self.tokens.setdefault(out.request_id, [])
+            # each streamed output carries the tokens so far: stamp the new ones
+            stamps.extend([now] * (len(out.generated_tokens) - len(stamps)))
+            if out.is_finished():
+                self.finished[out.request_id] = now
+                if out.error:
+                    self.errors[out.request_id] = str(out.error)
+        self.done.set()
+
+
+def serve(manager: Any, requests: list[tuple[float, int, int]], vocab: int, seed: int,
+          prefix: str, timeout_s: float) -> dict[str, Any]:
+    """Submit `requests` at their arrival times (relative to now); wait for all of them."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(3, vocab) for _ in range(p)] for _, p, _ in requests]
+    reader = Reader(manager, len(requests))
+    reader.start()
+    t0 = time.perf_counter()
+    arrivals = {}
+    for i, ((arrival, _, out_len), ids) in enumerate(zip(requests, prompts, strict=True)):
+        delay = t0 + arrival - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        rid = f"{prefix}{i}"
+        arrivals[rid] = time.perf_counter()
+        manager.add_request(ids, request_id=rid, max_new_tokens=out_len, streaming=True)
+    if not reader.done.wait(timeout_s):
+        raise RuntimeError(f"timed out: {len(reader.finished)} of {len(requests)} finished")
+    if reader.errors or len(reader.finished) < len(requests):
+        raise RuntimeError(f"requests failed: {reader.errors or 'generation thread stopped'}")
+    t_end = time.perf_counter()
+    out = []
+    for i, (arrival, p, o) in enumerate(requests):
+        rid = f"{prefix}{i}"
+        stamps = reader.tokens[rid]
+        out.append({"id": rid, "trace_arrival_s": arrival, "prompt_tokens": p,
+                    "output_tokens": o, "generated": len(stamps),
+                    "arrival": arrivals[rid] - t0,
+                    "token_times": [s - t0 for s in stamps],
+                    "finish": reader.finished[rid] - t0})
+    return {"requests": out, "span_s": t_end - t0, "t0": t0}
+
+
+def record_steps(model: Any) -> list[tuple[float, float, int]]:
+    """(start, end, query tokens) of every forward step of the model, by the process clock.
+    On a real device the span holds the kernels; on a virtual one only the host's own work
+    (the kernels are waited for at the step's sync)."""
+    steps: list[tuple[float, float, int]] = []
+    starts: list[float] = []
+
+    def pre(_module: Any, args: Any, kwargs: Any) -> None:
+        starts.append(time.perf_counter())
+
+    def post(_module: Any, args: Any, kwargs: Any, _out: Any) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        steps.append((starts.pop(), time.perf_counter(), int(ids.shape[-1]) if ids is not None
+                      else 0))
+
+    model.register_forward_pre_hook(pre, with_kwargs=True)
+    model.register_forward_hook(post, with_kwargs=True)
+    return steps
+
+
+def provenance(device: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "host": platform.node(), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(), "revati_session": os.environ.get(
+            "REVATI_SESSION"), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if device == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    else:
+        from revati.predictors.profiler import _cpu_name
+
+        info["device_name"] = _cpu_name()
+    return info
+
+
+def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int = 0,
+        timeout_s: float = 1800) -> dict[str, Any]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda":
+        from revati.adapters.transformers import install
+
+        install()  # no-op outside a Revati session
+    size = SIZES[size_name]
+    serving = Serving()
+    requests = load_trace(size)
+    wall0 = time.monotonic()
+    model = build_model(device, dtype, seed)
+    manager = make_manager(model, serving, size.max_output, seed)
+    steps = record_steps(model)
+    manager.start()
+    try:
+        # warm-up: the first batches pay one-off costs (imports, allocator, first-seen ops)
+        serve(manager, [(0.0, 16, 2), (0.0, 24, 2)], model.config.vocab_size, seed + 1,
+              "warmup", timeout_s)
+        steps.clear()
+        result = serve(manager, requests, model.config.vocab_size, seed, "req", timeout_s)
+    finally:
+        manager.stop(block=True, timeout=30)
+    t0 = result.pop("t0")
+    result["steps"] = [(a - t0, b - t0, q) for a, b, q in steps]
+    result.update(
+        device=device, size=size_name, size_params=asdict(size), dtype=dtype, seed=seed,
+        serving=asdict(serving), model=MODEL, model_config=json.loads(
+            (config_dir() / "config.json").read_text()),
+        provenance=provenance(device))
+    result["provenance"]["wall_s"] = None  # filled by the caller from outside the session
+    result["provenance"]["process_clock_s"] = time.monotonic() - wall0
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m revati.revatid.validate.workload",
+                                 description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1, as the CPU profile); 0: torch's default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="write the result JSON here (default: stdout)")
+    args = ap.parse_args(argv)
+    result = run(args.device, args.size, args.dtype, args.threads or None, args.seed)
+    text = json.dumps(result)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
