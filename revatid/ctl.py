@@ -120,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                "seed": args.seed, "name": Path(command[0]).name}
     if args.fixed_ns is not None:
         options["fixed_ns"] = args.fixed_ns
+    if args.bundle:
+        options["bundle"] = str(Path(args.bundle).resolve())
     with daemon_for_run(args.socket) as sock:
         with Client(sock) as c:
             session = c.request("session.create", gpu=args.gpu, num_gpus=args.num_gpus,
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace-us", type=float, default=50.0,
                    help="quiescence must hold this long before a jump (default 50)")
     p.add_argument("--fixed-ns", type=int, help="predict every kernel at this duration (tests)")
+    p.add_argument("--bundle", help="predict with this bundle folder instead of the SKU's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the session summary as JSON here")
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
@@ -247,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("predictors", help="train, list and evaluate kernel predictors")
     p.add_argument("args", nargs=argparse.REMAINDER)
 
+    from revati.revatid.validate import cli as validate_cli
+
+    validate_cli.add_parser(sub)
+
     args = ap.parse_args(argv)
     try:
         return _dispatch(args)
@@ -263,6 +270,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.cmd == "demo":
         return cmd_demo(args)
+    if args.cmd == "validate":
+        from revati.revatid.validate import cli as validate_cli
+
+        return validate_cli.main(args)
     if args.cmd == "predictors":
         from revati.predictors.cli import main as predictors_main
 

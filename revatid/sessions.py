@@ -22,6 +22,7 @@ import structlog
 
 from revati.adapters.clock._vclock import MAX_SLOTS, NO_DEADLINE, Page
 from revati.predictors import registry
+from revati.predictors.bundle import Bundle
 from revati.predictors.skus import UnknownSku, device_spec, resolve
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
@@ -41,6 +42,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "linger_s": 5.0,  # a session with no participants ends after this long
     "stuck_warn_s": 10.0,  # the watchdog warns about a clock stuck for this long
     "fixed_ns": None,  # predictor: every kernel takes this long (tests)
+    "bundle": None,  # predictor: this bundle folder instead of the SKU's own (validate --from)
     "seed": 0,
     "name": "",
 }
@@ -70,6 +72,9 @@ class Participant:
 def _load_predictor(sku: str, options: dict[str, Any]) -> Predictor:
     if options.get("fixed_ns") is not None:
         return registry.FixedPredictor(int(options["fixed_ns"]))
+    if options.get("bundle"):  # a bundle built elsewhere (a GPU profile), not the SKU's own
+        path = Path(options["bundle"])
+        return registry.Predictor.from_bundle(Bundle.load(path), path)
     return registry.load_predictor(sku)
 
 

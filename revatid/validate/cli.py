@@ -1,0 +1,244 @@
+"""`revatictl validate`: the accuracy harness (real versus emulated, end to end).
+
+    revatictl validate --self [--size small|full] [--json FILE] [--png FILE]
+    revatictl validate --from DIR [--json FILE] [--png FILE]
+
+--self (no GPU): profile this CPU's kernels with the project's profiler (one torch thread,
+cached), build the `host-cpu` bundle from that profile (cached, in this machine's bundle folder,
+`revati.predictors.skus.user_bundles_dir()`), run the workload (workload.py) for real on the
+CPU, run it under Revati on a virtual `host-cpu` device, and compare per-request metrics.
+
+--from DIR: a folder written on a GPU machine by `python -m revati.revatid.validate.gpu_run`
+(real.json, profile/, provenance.json): build the SKU's bundle from that profile (plus the
+Vidur data for SKUs Vidur measured), run the same workload under Revati on that SKU, and
+compare with the committed real results.
+
+Output: a text table on stdout, the JSON (per metric `real`, `emulated`, `error_pct`, the
+speed-up and provenance) and a PNG of the latency CDFs. Exit status 1 when a checked metric is
+off by more than its bound (--self: p50 TTFT, TPOT and E2E within 10%; --from: every p50
+within 5% and every p99 within 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from revati.revatid.validate import metrics, plot, workload
+
+SELF_BOUNDS = {"ttft_p50_ms": 10.0, "tpot_p50_ms": 10.0, "e2e_p50_ms": 10.0}
+GPU_BOUNDS = {f"{m}_p{p}_ms": b for m in metrics.LATENCIES for p, b in ((50, 5.0), (99, 10.0))}
+THREADS = 1  # torch threads in the real CPU run and in the CPU profile
+
+
+def cache_dir() -> Path:
+    from revati.adapters.models import cache_root
+
+    return cache_root() / "validate"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without a Revati session (the real runs and the profiler
+    must run on real time), plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REVATI_SESSION", "REVATI_HOOKS", "REVATI_SOCKET")}
+    env.update(extra)
+    return env
+
+
+def _threads_env() -> dict[str, str]:
+    return _clean_env(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+
+
+def _say(msg: str) -> None:
+    print(f"validate: {msg}", file=sys.stderr, flush=True)
+
+
+# -- profile and bundle (cached)
+
+def profile_key(quick: bool) -> str:
+    import torch
+
+    from revati.predictors import profiler
+
+    h = hashlib.sha256()
+    for part in (profiler._cpu_name(), torch.__version__, str(THREADS), str(quick),
+                 Path(profiler.__file__).read_text()):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def host_cpu_bundle(quick: bool = True) -> Path:
+    """Profile this CPU (cached by CPU, torch version, threads and profiler source) and build
+    the host-cpu bundle from it (rebuilt when the profile changes). Returns the bundle folder."""
+    from revati.predictors import skus
+
+    key = profile_key(quick)
+    prof = cache_dir() / "profiles" / f"host-cpu-{key}"
+    if not (prof / "spec.json").is_file():
+        _say(f"profiling this CPU ({'quick' if quick else 'full'} grid, {THREADS} thread) "
+             f"-> {prof}")
+        tmp = Path(tempfile.mkdtemp(prefix=".host-cpu-", dir=_mkdir(prof.parent)))
+        cmd = [sys.executable, "-m", "revati.predictors.profiler", "--device", "cpu",
+               "--out", str(tmp), *(["--quick"] if quick else [])]
+        subprocess.run(cmd, check=True, env=_threads_env())
+        os.replace(tmp, prof) if not prof.exists() else None
+    root = skus.user_bundles_dir()
+    bundle = root / "host-cpu"
+    marker = bundle / "profile.key"
+    if not (bundle / "bundle.json").is_file() or not marker.is_file() or \
+            marker.read_text().strip() != key:
+        _say(f"building the host-cpu bundle -> {bundle}")
+        subprocess.run([sys.executable, "-m", "revati.predictors", "train", "--sku", "host-cpu",
+                        "--profile", str(prof), "--out", str(root)], check=True,
+                       env=_clean_env(), stdout=sys.stderr)
+        marker.write_text(key + "\n")
+    return bundle
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# -- the runs
+
+def run_real(size: str, out: Path) -> float:
+    """The workload for real on this CPU; returns its wall time (s)."""
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "revati.revatid.validate.workload", "--device", "cpu",
+                    "--size", size, "--threads", str(THREADS), "--out", str(out)], check=True,
+                   env=_threads_env())
+    return time.monotonic() - t0
+
+
+def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None = None,
+                 ) -> tuple[float, dict[str, Any]]:
+    """The workload under Revati on a virtual `sku` (a private revatid); returns the wall time
+    (s) and the session summary."""
+    from revati.revatid.ctl import daemon_for_run
+
+    with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
+        summary = Path(tmp) / "session.json"
+        env = _clean_env()
+        with daemon_for_run(os.path.join(tmp, "private.sock")) as sock:
+            cmd = [sys.executable, "-m", "revati.revatid.ctl", "--socket", sock, "run",
+                   "--gpu", sku, "--json", str(summary),
+                   *(["--bundle", str(bundle)] if bundle is not None else []), "--",
+                   sys.executable, "-m", "revati.revatid.validate.workload", "--device", "cuda",
+                   "--size", size, "--dtype", dtype, "--out", str(out)]
+            t0 = time.monotonic()
+            subprocess.run(cmd, check=True, env=env)
+            wall = time.monotonic() - t0
+        return wall, json.loads(summary.read_text())
+
+
+def report(real: dict[str, Any], emulated: dict[str, Any], real_wall: float | None,
+           emu_wall: float, session: dict[str, Any], bounds: dict[str, float],
+           extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    table = metrics.compare(real, emulated)
+    failures = metrics.check(table, bounds)
+    c = session.get("counters", {})
+    speed = {"real_wall_s": real_wall, "emulated_wall_s": emu_wall,
+             "speedup": real_wall / emu_wall if real_wall else None,
+             "real_span_s": real["span_s"], "emulated_span_s": emulated["span_s"],
+             "session_virtual_s": c.get("virtual_s"), "session_wall_s": c.get("wall_s"),
+             "session_speedup": c.get("speedup"), "kernel_launches": c.get("launches"),
+             "predicted_by": c.get("predicted_by")}
+    steps = {name: {"steps": len(r.get("steps", [])),
+                    "query_tokens": sum(s[2] for s in r.get("steps", []))}
+             for name, r in (("real", real), ("emulated", emulated))}
+    out = {"metrics": table, "bounds_pct": bounds, "within_bounds": not failures,
+           "failures": failures, "speed": speed, "steps": steps, **extra,
+           "real": {k: real[k] for k in ("device", "size", "dtype", "serving", "provenance")},
+           "emulated": {k: emulated[k] for k in ("device", "size", "dtype", "provenance")}}
+    return out, failures
+
+
+def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
+            emulated: dict[str, Any], args: argparse.Namespace, title: str) -> int:
+    print(metrics.table(out["metrics"]))
+    s = out["speed"]
+    if s["speedup"]:
+        print(f"wall time: real {s['real_wall_s']:.1f} s, emulated {s['emulated_wall_s']:.1f} s "
+              f"(speed-up {s['speedup']:.2f}x)")
+    else:
+        print(f"wall time: emulated {s['emulated_wall_s']:.1f} s")
+    print(f"forward steps: real {out['steps']['real']['steps']}, emulated "
+          f"{out['steps']['emulated']['steps']}")
+    if args.json:
+        _mkdir(Path(args.json).parent).joinpath(Path(args.json).name).write_text(
+            json.dumps(out, indent=1) + "\n")
+    png = Path(args.png) if args.png else (Path(args.json).with_suffix(".png") if args.json
+                                           else None)
+    if png is not None:
+        plot.cdf_png(metrics.samples(real), metrics.samples(emulated), png, title)
+        print(f"plot: {png}")
+    for f in failures:
+        print(f"out of bounds: {f}", file=sys.stderr)
+    print("PASS" if not failures else "FAIL", "(bounds: " + ", ".join(
+        f"{k} {v:.0f}%" for k, v in out["bounds_pct"].items()) + ")")
+    return 0 if not failures else 1
+
+
+def cmd_self(args: argparse.Namespace) -> int:
+    bundle = host_cpu_bundle(quick=not args.full_profile)
+    with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
+        real_path, emu_path = Path(tmp) / "real.json", Path(tmp) / "emulated.json"
+        _say(f"real run on this CPU ({args.size})")
+        real_wall = run_real(args.size, real_path)
+        _say("emulated run on a virtual host-cpu")
+        emu_wall, session = run_emulated("host-cpu", args.size, "fp32", emu_path)
+        real, emulated = json.loads(real_path.read_text()), json.loads(emu_path.read_text())
+    extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle)}
+    out, failures = report(real, emulated, real_wall, emu_wall, session, SELF_BOUNDS, extra)
+    return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
+
+
+def cmd_from(args: argparse.Namespace) -> int:
+    src = Path(args.from_dir)
+    real = json.loads((src / "real.json").read_text())
+    prov = json.loads((src / "provenance.json").read_text())
+    sku = prov["sku"]
+    with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
+        root = Path(tmp) / "bundles"
+        _say(f"building the {sku} bundle from {src / 'profile'}")
+        subprocess.run([sys.executable, "-m", "revati.predictors", "train", "--sku", sku,
+                        "--profile", str(src / "profile"), "--out", str(root)], check=True,
+                       env=_clean_env(), stdout=sys.stderr)
+        emu_path = Path(tmp) / "emulated.json"
+        _say(f"emulated run on a virtual {sku}")
+        emu_wall, session = run_emulated(sku, real["size"], real["dtype"], emu_path,
+                                         bundle=root / sku)
+        emulated = json.loads(emu_path.read_text())
+    extra = {"mode": "from", "sku": sku, "source": str(src), "gpu_provenance": prov}
+    out, failures = report(real, emulated, prov.get("workload_wall_s"), emu_wall, session,
+                           GPU_BOUNDS, extra)
+    return _finish(out, failures, real, emulated, args, f"{sku} {real['size']}")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("validate", help="accuracy harness: the same workload real and emulated",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--self", action="store_true", dest="self_",
+                      help="self-emulation on this CPU (no GPU needed)")
+    mode.add_argument("--from", dest="from_dir", metavar="DIR",
+                      help="real results and profile from a GPU machine (gpu_run)")
+    p.add_argument("--size", choices=sorted(workload.SIZES), default="small")
+    p.add_argument("--full-profile", action="store_true",
+                   help="profile this CPU on the profiler's full grid (slow), not --quick")
+    p.add_argument("--json", help="write the comparison JSON here")
+    p.add_argument("--png", help="write the CDF plot here (default: beside --json)")
+
+
+def main(args: argparse.Namespace) -> int:
+    return cmd_self(args) if args.self_ else cmd_from(args)
