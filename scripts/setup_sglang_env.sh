@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Create (or reuse) the SGLang virtual environment that the SGLang adapter and its tests run in.
+#
+#   scripts/setup_sglang_env.sh            # create or reuse <repo>/.venv-sglang
+#   REVATI_SGLANG_VENV=/path scripts/setup_sglang_env.sh   # keep the venv elsewhere
+#   scripts/setup_sglang_env.sh --force    # rebuild even if the marker says it is complete
+#   scripts/setup_sglang_env.sh --check    # only say whether it is complete (exit 0) or not (1)
+#
+# Result: sglang==0.5.23 on PyPI's CUDA 13 build of torch==2.14.1 (it imports with no GPU and no
+# driver: torch.cuda.is_available() is False), torchvision==0.29.1, and this repository
+# installed editable with its test tools. About 11 GB; ~5 minutes when the wheels are local.
+#
+# Packages that cannot load here: sglang-kernel (sgl_kernel), sgl-flash-mla (flash_mla) and
+# sgl-deep-ep (deep_ep) link libcuda.so.1, the driver, which a machine without a GPU does not
+# have. They stay installed (SGLang's own requirements, and ABI-consistent with torch 2.14.1:
+# the check below proves that every library and symbol they need resolves except the driver's).
+# Revati replaces what they do at SGLang's seams (docs/sglang-hookmap.md). torchvision 0.29.1,
+# torchaudio 2.11.0 and torchcodec 0.17.0 do load beside this torch and are kept.
+#
+# Idempotent: a marker file in the venv records the pinned versions, the checkout and a hash of
+# its packaging files. When it matches and the installed versions agree, nothing is installed.
+# Non-interactive (no prompts, stdin closed); fit for CI.
+set -euo pipefail
+
+SGLANG_VERSION="0.5.23"
+TORCH_VERSION="2.14.1"
+TORCHVISION_VERSION="0.29.1"
+# Extension libraries that need the driver (libcuda.so.1) and nothing else that is missing.
+NEEDS_DRIVER=(sgl_kernel flash_mla deep_ep)
+MARKER_SCHEMA="1"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${REVATI_SGLANG_VENV:-$ROOT/.venv-sglang}"
+MARKER="$VENV/.revati-sglang-env"
+LOG="$VENV/setup.log"
+
+FORCE=0
+CHECK_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        --check) CHECK_ONLY=1 ;;
+        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup_sglang_env: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+T0=$(date +%s)
+say() { printf '[setup_sglang_env %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die() { say "ERROR: $*" >&2; exit 1; }
+
+export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
+export SGLANG_DISABLE_USAGE_STATS=1
+exec </dev/null
+
+# --- helpers ------------------------------------------------------------------------------------
+pick_python() {
+    local c
+    for c in "${REVATI_PYTHON:-}" /root/.pyenv/versions/3.11.7/bin/python python3.11 python3; do
+        [ -n "$c" ] || continue
+        if command -v "$c" >/dev/null 2>&1 &&
+           "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    return 1
+}
+
+repo_hash() { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha256sum | cut -c1-16; }
+
+# Two parts: the SGLang base (minutes) and this checkout's editable install (seconds).
+base_marker() {
+    printf 'schema=%s\nsglang=%s\ntorch=%s\ntorchvision=%s\n' \
+        "$MARKER_SCHEMA" "$SGLANG_VERSION" "$TORCH_VERSION" "$TORCHVISION_VERSION"
+}
+expected_marker() {
+    base_marker
+    printf 'repo=%s\nrepo_packaging=%s\n' "$ROOT" "$(repo_hash)"
+}
+
+# Cheap check of the installed versions (metadata only: no import of sglang or torch).
+base_ok() {
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - "$SGLANG_VERSION" "$TORCH_VERSION" "$TORCHVISION_VERSION" <<'PY'
+import sys, importlib.metadata as md
+sglang_v, torch_v, tv_v = sys.argv[1:]
+def ver(n):
+    try:
+        return md.version(n)
+    except md.PackageNotFoundError:
+        return None
+# PyPI's torch 2.14.1 is the CUDA 13 build and reports plain "2.14.1" in its metadata.
+ok = ver("sglang") == sglang_v and ver("torch") == torch_v and ver("torchvision") == tv_v
+ok = ok and ver("pytest") is not None
+sys.exit(0 if ok else 1)
+PY
+}
+
+revati_ok() {
+    "$VENV/bin/python" - "$ROOT" <<'PY'
+import sys, importlib.util, pathlib
+root = pathlib.Path(sys.argv[1]).resolve()
+spec = importlib.util.find_spec("revati.adapters")
+ok = spec is not None and spec.origin is not None and pathlib.Path(spec.origin).resolve().is_relative_to(root)
+sys.exit(0 if ok else 1)
+PY
+}
+
+pip_() {
+    local rc
+    set +o pipefail
+    "$VPY" -m pip "$@" 2>&1 | tee -a "$LOG" |
+        grep -P --line-buffered '^(Successfully|ERROR|WARNING: (?!Location ))' | sed -u 's/^/    /'
+    rc=${PIPESTATUS[0]}
+    set -o pipefail
+    return "$rc"
+}
+
+# --- 0. reuse -----------------------------------------------------------------------------------
+if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$(expected_marker)" ] &&
+   base_ok && revati_ok; then
+    say "reusing $VENV (sglang $SGLANG_VERSION, torch $TORCH_VERSION, revati from $ROOT; marker matches)"
+    exit 0
+fi
+if [ "$CHECK_ONLY" = 1 ]; then
+    say "$VENV is missing or incomplete"
+    exit 1
+fi
+VPY="$VENV/bin/python"
+if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(head -n4 "$MARKER")" = "$(base_marker)" ] && base_ok; then
+    say "SGLang base in $VENV is complete; (re)installing revati editable from $ROOT"
+    rm -f "$MARKER"
+    : >>"$LOG"
+    pip_ install --no-build-isolation -e "$ROOT[test]" || die "editable install of $ROOT failed (see $LOG)"
+    revati_ok || die "revati is not importable from $ROOT after the install"
+    expected_marker >"$MARKER"
+    say "done: $VENV is complete"
+    exit 0
+fi
+
+PY="$(pick_python)" || die "no Python 3.11 found (set REVATI_PYTHON)"
+say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
+say "venv:   $VENV"
+
+# --- 1. the venv --------------------------------------------------------------------------------
+rm -f "$MARKER"
+if [ "$FORCE" = 0 ] && [ -x "$VPY" ] &&
+   "$VPY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    say "step 1/6: reusing the existing, incomplete venv; pip installs what is missing"
+else
+    say "step 1/6: creating the venv"
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+fi
+: >"$LOG"
+
+say "step 2/6: upgrading pip in the venv"
+pip_ install --quiet --upgrade "pip>=25.1" || die "pip upgrade failed (see $LOG)"
+
+# --- 2. pip's site configuration ----------------------------------------------------------------
+# This machine's pip configuration (/etc/xdg/pip) names a constraints file that caps torch and
+# torchvision (torch<=2.14.1, torchvision<=0.29.1 when written); its extra indexes hold the
+# CUDA build of torch 2.14.1 and the nvidia-* wheels on local disk. If a configured constraint
+# excludes a pin, pip runs without the site configuration (PIP_CONFIG_FILE=/dev/null) and
+# takes everything from PyPI (several GB of CUDA wheels).
+say "step 3/6: checking pip's configured constraints"
+CONFLICTS="$("$VPY" - "$SGLANG_VERSION" "$TORCH_VERSION" "$TORCHVISION_VERSION" <<'PY'
+import subprocess, sys
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+sglang_v, torch_v, tv_v = sys.argv[1:]
+# sglang 0.5.23's exact pins on the torch family (its METADATA)
+need = {"torch": torch_v, "torchvision": tv_v, "torchaudio": "2.11.0", "torchcodec": "0.17.0",
+        "sglang": sglang_v, "sglang-kernel": "0.4.10", "flashinfer-python": "0.7.2",
+        "transformers": "5.19.0"}
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                     capture_output=True, text=True).stdout
+files = []
+for line in out.splitlines():
+    key, _, val = line.partition("=")
+    if key.endswith((".constraint", ".constraints")):
+        files += val.strip().strip("'\"").split()
+bad = []
+for f in files:
+    try:
+        lines = open(f).read().splitlines()
+    except OSError:
+        continue
+    for raw in lines:
+        raw = raw.split("#")[0].strip()
+        if not raw or raw.startswith("-"):
+            continue
+        try:
+            req = Requirement(raw)
+        except Exception:
+            continue
+        v = need.get(canonicalize_name(req.name))
+        if v is None:
+            continue
+        if req.specifier.contains(v, prereleases=True):
+            print(f"    {f}: '{raw}' admits {req.name}=={v}", file=sys.stderr)
+        else:
+            bad.append(f"{f}: '{raw}' excludes {req.name}=={v}")
+print("\n".join(bad))
+PY
+)"
+if [ -n "$CONFLICTS" ]; then
+    say "pip's site constraints exclude a pinned version:"
+    printf '    %s\n' "$CONFLICTS"
+    say "running pip without the site configuration (PIP_CONFIG_FILE=/dev/null) for this install"
+    export PIP_CONFIG_FILE=/dev/null
+    unset PIP_CONSTRAINT PIP_FIND_LINKS PIP_EXTRA_INDEX_URL || true
+else
+    say "configured constraints (if any) admit sglang $SGLANG_VERSION's pins"
+fi
+
+# --- 3. SGLang, torch and this repo, in one resolve ----------------------------------------------
+say "step 4/6: installing sglang==$SGLANG_VERSION, torch==$TORCH_VERSION (CUDA build) and revati (-e $ROOT[test]); full log: $LOG"
+t_install=$(date +%s)
+pip_ install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "sglang==$SGLANG_VERSION" \
+    -e "$ROOT[test]" || die "pip install failed (see $LOG)"
+say "pip install took $(( $(date +%s) - t_install ))s"
+
+# --- 4. what loads, and what needs the driver ----------------------------------------------------
+# With no driver, an extension that links libcuda.so.1 cannot be dlopen'ed at all, so importing
+# it says nothing about whether it matches torch. `ldd -r` (with torch's and the nvidia wheels'
+# library folders on the path) does: every library and symbol must resolve except the driver's.
+say "step 5/6: checking that the CUDA extensions match torch $TORCH_VERSION (only the driver missing)"
+"$VPY" - "${NEEDS_DRIVER[@]}" <<'PY' 2>&1 | tee -a "$LOG" || die "an extension does not match this torch (see above)"
+import importlib.util, pathlib, re, subprocess, sys, os
+site = pathlib.Path(importlib.util.find_spec("torch").origin).parents[1]
+libdirs = [site / "torch" / "lib", *sorted(site.glob("nvidia/*/lib")), *sorted(site.glob("nvidia/*/*/lib"))]
+env = {**os.environ, "LD_LIBRARY_PATH": ":".join(map(str, libdirs))}
+DRIVER_LIBS = {"libcuda.so.1", "libnvidia-ml.so.1"}
+bad = 0
+for pkg in sys.argv[1:]:
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or spec.origin is None:
+        print(f"    {pkg}: not installed"); bad += 1; continue
+    sos = sorted(pathlib.Path(spec.origin).parent.rglob("*.so"))
+    missing_libs, missing_syms = set(), set()
+    for so in sos:
+        out = subprocess.run(["ldd", "-r", str(so)], capture_output=True, text=True, env=env)
+        text = out.stdout + out.stderr
+        missing_libs |= set(re.findall(r"^\s*(\S+) => not found", text, re.M))
+        for sym in re.findall(r"undefined symbol: (\S+)", text):
+            # Python's C API resolves against the interpreter; cu* are the driver's.
+            if not sym.startswith(("Py", "_Py", "cu")):
+                missing_syms.add(sym)
+    other = missing_libs - DRIVER_LIBS
+    if other or missing_syms:
+        bad += 1
+        print(f"    {pkg}: MISMATCH: libraries {sorted(other)}, symbols {sorted(missing_syms)[:5]}")
+    else:
+        print(f"    {pkg}: {len(sos)} extension(s); only the driver is missing ({', '.join(sorted(missing_libs)) or 'nothing'})")
+sys.exit(1 if bad else 0)
+PY
+
+# --- 5. verify ----------------------------------------------------------------------------------
+say "step 6/6: verifying"
+"$VPY" - <<'PY' || die "import check failed"
+import importlib.metadata as md
+import torch
+import sglang, sglang.srt.server_args  # noqa: F401
+import torchvision, torchaudio  # noqa: F401
+torch.ops.torchvision.nms  # torchvision's compiled ops match this torch
+import revati.adapters  # noqa: F401
+assert torch.version.cuda, "expected the CUDA build of torch"
+assert not torch.cuda.is_available(), "a GPU is visible: this environment is for machines without one"
+print(f"    sglang {sglang.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}, "
+      f"is_available={torch.cuda.is_available()}), torchvision {md.version('torchvision')}, "
+      f"transformers {md.version('transformers')}, flashinfer {md.version('flashinfer-python')}, "
+      f"sglang-kernel {md.version('sglang-kernel')}, triton {md.version('triton')}")
+PY
+revati_ok || die "revati is not installed editable from $ROOT"
+"$VPY" -m sglang.launch_server --help >/dev/null 2>>"$LOG" \
+    || die "'python -m sglang.launch_server --help' failed (see $LOG)"
+say "  'python -m sglang.launch_server --help' ok"
+"$VPY" -m sglang.bench_serving --help >/dev/null 2>>"$LOG" \
+    || die "'python -m sglang.bench_serving --help' failed (see $LOG)"
+say "  'python -m sglang.bench_serving --help' ok"
+
+expected_marker >"$MARKER"
+say "done: $VENV is complete ($(du -sh "$VENV" | cut -f1)); activate with: source $VENV/bin/activate"
