@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv with revati installed editable, its test tools and torch 2.13.0
-# (the CPU build, served from local disk here). Idempotent: a complete .venv is reused.
+# Create (or reuse) .venv with revati installed editable, its test tools, torch 2.13.0
+# (the CPU build, served from local disk here) and transformers 5.17.0 (the accuracy harness).
+# Idempotent: a complete .venv is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
@@ -14,7 +15,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
-       .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]' 'torch==2.13.0'
+       .venv/bin/python -m pip install --disable-pip-version-check -e '.[test,hf]' 'torch==2.13.0'
      } >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "revati: installing into .venv failed (full log above)" >&2

@@ -191,15 +191,25 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
 
 def cmd_self(args: argparse.Namespace) -> int:
     bundle = host_cpu_bundle(quick=not args.full_profile)
+    reals, emus, real_walls, emu_walls = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
-        real_path, emu_path = Path(tmp) / "real.json", Path(tmp) / "emulated.json"
-        _say(f"real run on this CPU ({args.size})")
-        real_wall = run_real(args.size, real_path)
-        _say("emulated run on a virtual host-cpu")
-        emu_wall, session = run_emulated("host-cpu", args.size, "fp32", emu_path)
-        real, emulated = json.loads(real_path.read_text()), json.loads(emu_path.read_text())
-    extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle)}
-    out, failures = report(real, emulated, real_wall, emu_wall, session, SELF_BOUNDS, extra)
+        for i in range(args.repeats):
+            real_path, emu_path = Path(tmp) / f"real{i}.json", Path(tmp) / f"emulated{i}.json"
+            # alternate the order, so that a drift in the host's load biases neither side
+            for side in (("real", "emu") if i % 2 == 0 else ("emu", "real")):
+                if side == "real":
+                    _say(f"real run on this CPU ({args.size}, {i + 1}/{args.repeats})")
+                    real_walls.append(run_real(args.size, real_path))
+                else:
+                    _say(f"emulated run on a virtual host-cpu ({i + 1}/{args.repeats})")
+                    wall, session = run_emulated("host-cpu", args.size, "fp32", emu_path)
+                    emu_walls.append(wall)
+            reals.append(json.loads(real_path.read_text()))
+            emus.append(json.loads(emu_path.read_text()))
+    real, emulated = metrics.pooled(reals), metrics.pooled(emus)
+    extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats}
+    out, failures = report(real, emulated, sum(real_walls) / len(real_walls),
+                           sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
 
 
@@ -234,6 +244,9 @@ def add_parser(sub: Any) -> None:
     mode.add_argument("--from", dest="from_dir", metavar="DIR",
                       help="real results and profile from a GPU machine (gpu_run)")
     p.add_argument("--size", choices=sorted(workload.SIZES), default="small")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="--self: run each side this many times (alternating) and pool the "
+                   "requests of all runs (default 1)")
     p.add_argument("--full-profile", action="store_true",
                    help="profile this CPU on the profiler's full grid (slow), not --quick")
     p.add_argument("--json", help="write the comparison JSON here")

@@ -38,9 +38,25 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
         for p in PERCENTILES:
             out[f"{metric}_p{p}_ms"] = float(np.percentile(arr, p)) if arr.size else float("nan")
     reqs = result["requests"]
-    span = max(r["finish"] for r in reqs) - min(r["arrival"] for r in reqs)
-    out["throughput_tok_s"] = sum(len(r["token_times"]) for r in reqs) / span
-    out["throughput_req_s"] = len(reqs) / span
+    runs = result.get("runs", 1)
+    # a pooled result holds `runs` runs, each starting at 0: the mean span of one run
+    span = (max(r["finish"] for r in reqs) - min(r["arrival"] for r in reqs)) if runs == 1 \
+        else result["span_s"]
+    out["throughput_tok_s"] = sum(len(r["token_times"]) for r in reqs) / runs / span
+    out["throughput_req_s"] = len(reqs) / runs / span
+    return out
+
+
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one workload as one result: their requests together (percentiles over
+    all of them), steps together, the mean span; the first run's other fields."""
+    if len(results) == 1:
+        return results[0]
+    out = dict(results[0])
+    out["requests"] = [r for res in results for r in res["requests"]]
+    out["steps"] = [s for res in results for s in res.get("steps", [])]
+    out["span_s"] = sum(res["span_s"] for res in results) / len(results)
+    out["runs"] = len(results)
     return out
 
 
