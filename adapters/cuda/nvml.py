@@ -13,6 +13,7 @@ NVIDIA driver.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +259,42 @@ def nvmlDeviceGetClockInfo(handle: _Handle, clock: int) -> int:
 
 
 nvmlDeviceGetMaxClockInfo = nvmlDeviceGetClockInfo
+
+
+# -- confidential computing (SGLang asks at start-up, utils/common.py is_confidential_compute):
+# off on every virtual GPU, answered the way pynvml's real functions answer (ctypes structure
+# filled in place, return code checked with _nvmlCheckReturn).
+NVML_CC_SYSTEM_FEATURE_DISABLED = 0
+NVML_CC_SYSTEM_FEATURE_ENABLED = 1
+NVML_CC_SYSTEM_MULTIGPU_NONE = 0
+NVML_CC_SYSTEM_MULTIGPU_PROTECTED_PCIE = 1
+
+
+class c_nvmlSystemConfComputeSettings_v1_t(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint), ("environment", ctypes.c_uint),
+                ("ccFeature", ctypes.c_uint), ("devToolsMode", ctypes.c_uint),
+                ("multiGpuMode", ctypes.c_uint)]
+
+
+class c_nvmlConfComputeSystemState_t(ctypes.Structure):
+    _fields_ = [("environment", ctypes.c_uint), ("ccFeature", ctypes.c_uint),
+                ("devToolsMode", ctypes.c_uint)]
+
+
+def nvmlSystemGetConfComputeSettings(settings: Any) -> int:
+    _check()
+    return NVML_SUCCESS  # the structure stays zeroed: feature disabled, no multi-GPU mode
+
+
+def nvmlSystemGetConfComputeState() -> c_nvmlConfComputeSystemState_t:
+    _check()
+    return c_nvmlConfComputeSystemState_t()
+
+
+def _nvmlCheckReturn(ret: int) -> int:
+    if ret != NVML_SUCCESS:
+        raise NVMLError(ret)
+    return ret
 
 
 def nvmlDeviceGetComputeRunningProcesses(handle: _Handle) -> list[Any]:
