@@ -157,8 +157,19 @@ def _stats_ms(values: list[float]) -> dict[str, float]:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default: a workload on virtual GPUs, no GPU and no download needed."""
     if args.framework != "toy":
-        raise SystemExit(f"revatictl demo: --framework {args.framework} needs its adapter, "
-                         "which is not built yet; available: toy")
+        from revati.revatid.demo import serving
+
+        with daemon_for_run(args.socket) as sock:
+            def create(gpu: str, num_gpus: int, options: dict[str, Any]) -> dict[str, Any]:
+                with Client(sock) as c:
+                    return c.request("session.create", gpu=gpu, num_gpus=num_gpus,
+                                     options=options)["session"]
+
+            def stop(sid: str) -> dict[str, Any]:
+                with Client(sock) as c:
+                    return c.request("session.stop", session=sid)["session"]
+
+            return serving.run(args, sock, create, stop)
     from revati.revatid.demo import md1
 
     command = [sys.executable, md1.__file__, str(args.num_prompts), str(args.seed),
@@ -231,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("demo", help="run the embedded default workload (no GPU, no download)")
-    p.add_argument("--framework", default="toy", choices=("toy", "vllm", "sglang"))
+    p.add_argument("--framework", default="vllm", choices=("vllm", "sglang", "toy"),
+                   help="vllm (default): vllm serve + vllm bench serve; toy: a small "
+                   "asyncio server and client in the dev environment")
     p.add_argument("--gpu", default="h100")
+    p.add_argument("--model", default="Llama-3.1-8B", help="a bundled model or a folder")
+    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
     p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--request-rate", type=float, default=20.0)
+    p.add_argument("--request-rate", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the benchmark result and speed-up as JSON here")
 

@@ -36,6 +36,11 @@ _clock: VirtualClock | None = None
 POLL_SLICE_S = 0.001
 
 
+def real_monotonic() -> float:
+    """The host's own monotonic clock, unhooked: for reporting how long emulation took."""
+    return _originals.get("time.monotonic", time.monotonic)()
+
+
 def _keep(name: str, value: Any) -> Any:
     _originals.setdefault(name, value)
     return _originals[name]

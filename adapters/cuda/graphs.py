@@ -8,11 +8,17 @@ costs the host, a few microseconds.
 
 Tensors written by a graph keep the values they had after capture: replay reruns no host-backed
 op either (the values of small control tensors that a graph itself computes are not refreshed).
+
+Some kernels in a graph take time that depends on device data the host refreshes before each
+replay (attention reads the current context lengths). Framework glue records such a kernel
+as a *dynamic node* (`dynamic(fn)`): at capture it is kept out of the static trace, and each
+replay calls `fn()`, which launches the kernel with the current step's features.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -26,6 +32,7 @@ class CUDAGraph:
 
     def __init__(self, keep_graph: bool = False) -> None:
         self.events: list[LaunchEvent] = []
+        self.dynamic: list[Callable[[], None]] = []
         self.graph_id: int | None = None
         self.device = 0
         self.dtype = "fp32"
@@ -41,6 +48,7 @@ class CUDAGraph:
             raise RuntimeError("CUDA graphs must be captured on a non-default stream. (However, "
                                "after capture, it's ok to replay them on the default stream.)")
         self.events = []
+        self.dynamic = []
         self.device = stream.device_index
         self._pool = pool if pool is not None else graph_pool_handle()
         self._stream = stream
@@ -67,9 +75,12 @@ class CUDAGraph:
         with link.freeze():
             link.launch(LaunchEvent(int(Family.GRAPH), "cuda_graph", self.dtype, self.device,
                                     ev_stream, link.now_ns(), (self.graph_id,)))
+        for node in self.dynamic:  # launches of their own, on this stream
+            node()
 
     def reset(self) -> None:
         self.events = []
+        self.dynamic = []
         self.graph_id = None
 
     def pool(self) -> tuple[int, int]:
@@ -89,6 +100,16 @@ class CUDAGraph:
 def graph_pool_handle() -> tuple[int, int]:
     """An opaque memory-pool token, as torch.cuda.graph_pool_handle() returns."""
     return (0, next(S.graph_pools))
+
+
+def dynamic(node: Callable[[], None]) -> None:
+    """Launch `node()`'s kernels now, or, while the current stream captures a graph, at each
+    replay of that graph instead."""
+    graph = streams.current_stream().capture
+    if graph is None:
+        node()
+    else:
+        graph.dynamic.append(node)
 
 
 def is_current_stream_capturing() -> bool:

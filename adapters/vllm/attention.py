@@ -23,7 +23,7 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
-from revati.adapters.cuda import launch
+from revati.adapters.cuda import graphs, launch, streams
 from revati.adapters.cuda.ops import dtype_name
 from revati.predictors.launch import Family
 
@@ -104,9 +104,10 @@ class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[Batch]):
         q = np.diff(qsl)
         kv_t = cm.seq_lens_cpu_upper_bound
         kv = kv_t[:n].numpy() if kv_t is not None else q
-        is_decode = q <= 1
+        is_decode = q == 1
+        is_prefill = q > 1  # rows padding a graph's batch have no query tokens
         batch = Batch(int(qsl[-1]), _part(q[is_decode], kv[is_decode]),
-                      _part(q[~is_decode], kv[~is_decode]), bool(cm.causal))
+                      _part(q[is_prefill], kv[is_prefill]), bool(cm.causal))
         current.batch = batch
         return batch
 
@@ -141,10 +142,14 @@ class RevatiAttentionImpl(AttentionImpl[Batch]):
                 output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
         if attn_metadata is None:  # profiling run without KV caches
             return output
-        emit(attn_metadata, dtype_name(query.dtype), query.device.index or 0, self.num_heads,
-             self.num_kv_heads, self.head_size,
-             write_kv=self.kv_sharing_target_layer_name is None and key is not None,
-             kv_dtype=dtype_name(kv_cache.dtype) if kv_cache.numel() else "bf16")
+        args = (dtype_name(query.dtype), query.device.index or 0, self.num_heads,
+                self.num_kv_heads, self.head_size,
+                self.kv_sharing_target_layer_name is None and key is not None,
+                dtype_name(kv_cache.dtype) if kv_cache.numel() else "bf16")
+        if streams.current_stream().capture is None:
+            emit(attn_metadata, *args)
+        else:  # in a CUDA graph: each replay launches with the batch of its own step
+            graphs.dynamic(lambda: emit(current.batch, *args))
         return output
 
 

@@ -73,12 +73,31 @@ def _rotary(self: Any, positions: torch.Tensor, query: torch.Tensor,
     return query, key
 
 
+# -- torch.ops._C ops that vLLM's runner calls directly (the compiled extension is not loaded)
+_LIB: torch.library.Library | None = None
+
+
+def _weak_ref_tensor(t: torch.Tensor) -> torch.Tensor:
+    # CUDA graph outputs are kept as aliases of the graph's memory; an alias launches nothing
+    return t.view(t.shape)
+
+
+def register_c_ops() -> None:
+    global _LIB
+    if _LIB is not None:
+        return
+    _LIB = torch.library.Library("_C", "FRAGMENT")
+    _LIB.define("weak_ref_tensor(Tensor(a) input) -> Tensor(a)")
+    _LIB.impl("weak_ref_tensor", _weak_ref_tensor, "CompositeImplicitAutograd")
+
+
 def install() -> None:
     """Attach the stand-ins; runs before the model is built, in each worker process."""
     from vllm.model_executor.layers.activation import SiluAndMul
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
     register_ir()
+    register_c_ops()
     SiluAndMul.forward_oot = _silu_and_mul
     # Subclasses (Llama 3's scaled rope, YaRN, ...) differ only in their cos/sin cache.
     RotaryEmbedding.forward_oot = _rotary

@@ -144,11 +144,18 @@ class RevatiPlatform(Platform):
     # -- configuration
     @classmethod
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
-        from vllm.config.compilation import CompilationMode
+        from vllm.config.compilation import CompilationMode, CUDAGraphMode
 
+        cc = vllm_config.compilation_config
         # No Dynamo/Inductor on virtual tensors: custom ops then run as Revati's fused
         # stand-ins (one launch each, as the compiled graph's fused kernels would be).
-        vllm_config.compilation_config.mode = CompilationMode.NONE
+        cc.mode = CompilationMode.NONE
+        # Production's FULL_AND_PIECEWISE runs every batch up to the largest capture size
+        # from a graph (piecewise ones with attention between the pieces). Without piecewise
+        # compilation the same kernels run as FULL graphs whose attention nodes are launched
+        # with each replay's batch (attention.py), so the host cost of a step is a replay.
+        if cc.cudagraph_mode is None:
+            cc.cudagraph_mode = CUDAGraphMode.FULL
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
