@@ -411,6 +411,8 @@ def _miss(func: Any, info: _Info, key: Any, args: Sequence[Any], kwargs: dict[st
     try:
         mout = func(*margs, **mkwargs)
     except Exception:  # data-dependent output shapes (nonzero, masked_select...): run on values
+        if info.view:  # a view's shape never depends on values: its error is the caller's
+            raise
         entry = _DYNAMIC
     else:
         fresh: list[bool] = []

@@ -206,3 +206,13 @@ def test_streams_are_per_thread(vcuda: Any, link: RecordingLink) -> None:
         thread.join()
         assert torch.cuda.current_stream() is side
     assert seen == [torch.cuda.default_stream()]
+
+
+def test_an_invalid_view_raises_the_ops_own_error(vcuda: Any, link: RecordingLink) -> None:
+    # Copying 11 rows into an empty slice: PyTorch's own shape error, as on a GPU (the
+    # expand fails on meta), not a failure inside Revati. Twice: the failure is not cached.
+    dst = torch.empty((32, 11, 128), device="cuda", dtype=torch.bfloat16)
+    src = torch.empty((32, 11, 128), device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="expanded size"):
+            dst[:, 11:, :] = src
