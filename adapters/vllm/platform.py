@@ -173,8 +173,7 @@ class RevatiPlatform(Platform):
 
     @classmethod
     def get_device_communicator_cls(cls) -> str:
-        return ("vllm.distributed.device_communicators.base_device_communicator."
-                "DeviceCommunicatorBase")
+        return f"{_PKG}.communicator.RevatiCommunicator"
 
     @classmethod
     def support_static_graph_mode(cls) -> bool:
