@@ -34,6 +34,14 @@ setup(
             "revati.adapters.clock._vclock",
             sources=["adapters/clock/_vclock.c"],
             extra_compile_args=["-O2", "-std=c11"],
-        )
+        ),
+        # Not a Python module: a stand-in libcuda.so.1 that revati.adapters.cuda.nodriver loads
+        # with ctypes so that CUDA extensions linking the driver can be imported.
+        Extension(
+            "revati.adapters.cuda._nodriver",
+            sources=["adapters/cuda/_nodriver.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            extra_link_args=["-Wl,-soname,libcuda.so.1"],
+        ),
     ],
 )

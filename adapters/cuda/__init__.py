@@ -40,7 +40,7 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
             host_bytes: int = DEFAULT_HOST_BYTES, host_float_bytes: int = DEFAULT_HOST_FLOAT_BYTES,
             context_bytes: int = DEFAULT_CONTEXT_BYTES,
             oracle: TokenOracle | None = None, nvml: bool = True,
-            distributed: bool = True) -> None:
+            distributed: bool = True, nodriver: bool = True) -> None:
     """Present `num_gpus` virtual GPUs of `sku` (a key or alias of predictors/skus/specs.json)
     to PyTorch in this process.
 
@@ -52,6 +52,8 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
     oracle: source of values read back that no kernel computed (default: TokenOracle()).
     nvml: answer `import pynvml` with revati.adapters.cuda.nvml.
     distributed: register the `revati` torch.distributed backend (nccl maps to it).
+    nodriver: with no real driver, load a stand-in libcuda.so.1 before the first import of a
+        CUDA extension package that links it (sgl-kernel...), so that it imports (nodriver.py).
 
     Idempotent: a second call with the same SKU and count only updates `link` and `oracle`.
     """
@@ -84,6 +86,10 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
                 from revati.adapters.cuda import distributed as dist_module
 
                 dist_module.install()
+            if nodriver:
+                from revati.adapters.cuda import nodriver as nodriver_module
+
+                nodriver_module.install()
 
 
 def _frozen(link: GpuLink | None) -> AbstractContextManager[None]:
