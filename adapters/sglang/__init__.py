@@ -1,0 +1,41 @@
+"""SGLang on virtual GPUs: an out-of-tree platform plugin and the glue at SGLang's own seams.
+
+SGLang resolves `current_platform` from the `sglang.srt.platforms` entry points in every
+process (HTTP server, schedulers, detokenizer). Outside a Revati session `platform_plugin`
+returns None and SGLang picks its platform as usual; inside one it names `RevatiPlatform`.
+`general_plugin` (`sglang.srt.plugins`, run by SGLang's `load_plugins()` in every process, before
+the CLI is parsed in the HTTP server) registers the "revati" attention backend.
+See docs/sglang-hookmap.md. Work in progress: see its section 12.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _in_gpu_session() -> bool:
+    from revati.adapters import session
+
+    member = session.member()
+    return member is not None and bool(member.session.get("num_gpus"))
+
+
+def platform_plugin() -> str | None:
+    """Entry point (`sglang.srt.platforms`): the platform's qualname inside a Revati session
+    whose processes have virtual GPUs, else None."""
+    try:
+        if not _in_gpu_session():
+            return None
+        return "revati.adapters.sglang.platform.RevatiPlatform"
+    except Exception as exc:  # SGLang logs plugin errors with logger.exception; say it here too
+        print(f"revati: the SGLang platform plugin failed: {exc!r}", file=sys.stderr)
+        raise
+
+
+def general_plugin() -> None:
+    """Entry point (`sglang.srt.plugins`): register Revati's attention backend."""
+    if not _in_gpu_session():
+        return
+    from revati.adapters.sglang import attention
+
+    attention.register()

@@ -1,0 +1,107 @@
+"""Revati's attention backend for SGLang ("revati"): FlashAttention's place, as launch events.
+
+`init_forward_metadata` reads the step's batch composition from the ForwardBatch's host-side
+fields once per step (query lengths, KV lengths); every layer's `forward_extend` /
+`forward_decode` then writes K and V into SGLang's own KV pool (a real index write on virtual
+tensors: a MEMORY launch) and emits one ATTENTION launch per part of the batch (decode rows,
+prefill rows), with the features of revati.predictors.launch. The output is allocated and left
+as it is: activations are never computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+from revati.adapters.cuda import launch
+from revati.adapters.cuda.ops import dtype_name
+from revati.predictors.launch import Family
+
+NAME = "revati"
+ATTENTION_OP = "sglang::flash_attn_with_kvcache"  # FlashAttention-3, SGLang's Hopper default
+
+Part = tuple[int, int, int, int, int]  # (num_seqs, q_tokens, kv_sum, kv_max, kv_sq_sum)
+
+
+def _part(q: np.ndarray, kv: np.ndarray) -> Part | None:
+    if len(q) == 0:
+        return None
+    kv = kv.astype(np.int64)
+    return (len(q), int(q.sum()), int(kv.sum()), int(kv.max()), int((kv * kv).sum()))
+
+
+@dataclass
+class Batch:
+    """One step's batch as the attention kernels see it: the decode rows and the prefill rows
+    (None where there are none), each costed as its own kernel."""
+
+    decode: Part | None
+    prefill: Part | None
+
+
+def batch_of(q_lens: np.ndarray, kv_lens: np.ndarray) -> Batch:
+    is_decode = q_lens <= 1
+    return Batch(_part(q_lens[is_decode], kv_lens[is_decode]),
+                 _part(q_lens[~is_decode], kv_lens[~is_decode]))
+
+
+def _host(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.numpy() if x.device.type == "cpu" else np.asarray(x.tolist())
+    return np.asarray(x)
+
+
+class RevatiAttnBackend(AttentionBackend):
+    def __init__(self, model_runner: Any) -> None:
+        super().__init__()
+        self.device = model_runner.device
+        self.batch: Batch | None = None
+
+    def init_forward_metadata(self, forward_batch: Any) -> None:
+        mode = forward_batch.forward_mode
+        kv = _host(forward_batch.seq_lens_cpu)
+        if mode.is_decode_or_idle():
+            q = np.ones(len(kv), dtype=np.int64)
+        else:
+            q = _host(forward_batch.extend_seq_lens_cpu)
+        self.batch = batch_of(q, kv)
+
+    def _emit(self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, layer: Any,
+              forward_batch: Any, save_kv_cache: bool) -> torch.Tensor:
+        if save_kv_cache and k is not None and v is not None:
+            forward_batch.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+        b = self.batch
+        if b is not None:
+            dtype = dtype_name(q.dtype)
+            dev = q.device.index or 0
+            for part, causal in ((b.decode, 1), (b.prefill, 1)):
+                if part is not None:
+                    launch(Family.ATTENTION, ATTENTION_OP, dtype,
+                           (*part, layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim,
+                            causal), dev)
+        return q.new_empty(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
+
+    def forward_extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any,
+                       forward_batch: Any, save_kv_cache: bool = True, **kwargs: Any,
+                       ) -> torch.Tensor:
+        return self._emit(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def forward_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any,
+                       forward_batch: Any, save_kv_cache: bool = True, **kwargs: Any,
+                       ) -> torch.Tensor:
+        return self._emit(q, k, v, layer, forward_batch, save_kv_cache)
+
+
+def register() -> None:
+    """Add "revati" to SGLang's attention-backend registry and to the CLI's choices (the
+    argument parser is built after the plugins load). Idempotent."""
+    from sglang.srt.arg_groups import choices
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    ATTENTION_BACKENDS.setdefault(NAME, RevatiAttnBackend)
+    if NAME not in choices.ATTENTION_BACKEND_CHOICES:
+        choices.add_attention_backend_choices([NAME])  # SGLang's API for out-of-tree backends

@@ -1,0 +1,59 @@
+"""`RevatiPlatform`: SGLang's CUDA platform with an out-of-tree identity.
+
+Device queries go through `CudaDeviceMixin` (torch.cuda.*), which Revati's virtual CUDA answers
+for the session's SKU. Being out of tree (`PlatformEnum.OOT`) is what routes SGLang's fused ops
+(`BaseFusedOp`: RMSNorm, SiluAndMul, rotary...) to `forward_revati` / registered OOT forwards /
+`forward_native` instead of sgl-kernel, and what lets the capabilities below switch off Triton
+and PyNccl. See docs/sglang-hookmap.md, sections 2, 5 and 8.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sglang.srt.platforms.cuda import CudaDeviceMixin
+from sglang.srt.platforms.device_mixin import PlatformEnum
+from sglang.srt.platforms.interface import PlatformCapabilities, SRTPlatform
+
+ATTENTION_BACKEND = "revati"
+
+# Server arguments whose defaults differ on virtual GPUs, applied only where the user left the
+# default (None): the pure-torch sampler (its sampled ids come from the token oracle), an idle
+# scheduler that waits in a zmq poll (so revatid sees it WAITING), collectives through
+# torch.distributed (so revatid rendezvous them).
+SERVER_DEFAULTS: dict[str, Any] = {
+    "sampling_backend": "pytorch",
+    "sleep_on_idle": True,
+    "disable_custom_all_reduce": True,
+}
+
+
+class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
+    _enum = PlatformEnum.OOT
+    device_name = "cuda"
+    device_type = "cuda"
+    capabilities = PlatformCapabilities(
+        supports_triton=False,  # no Triton launch can run: torch-native index writers
+        graph_capture=False,  # first target: eager (docs/sglang-hookmap.md section 7)
+        piecewise_graph=False,
+        hicache_device_kernels=False,
+        supports_pynccl=False,  # collectives through torch.distributed -> revati backend
+    )
+
+    def get_dispatch_key_name(self) -> str:
+        return "revati"
+
+    def get_default_attention_backend(self) -> str:
+        return ATTENTION_BACKEND
+
+    def get_default_speculative_draft_attention_backend(self, algorithm: str) -> str:
+        return ATTENTION_BACKEND
+
+    def get_group_coordinator_device(self, local_rank: int) -> torch.device:
+        return torch.device("cuda", local_rank)
+
+    def apply_server_args_defaults(self, server_args: Any) -> None:
+        for name, value in SERVER_DEFAULTS.items():
+            if hasattr(server_args, name) and getattr(server_args, name) in (None, False):
+                setattr(server_args, name, value)

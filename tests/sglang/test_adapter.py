@@ -1,0 +1,86 @@
+"""SGLang adapter pieces that need no server: the plugins outside a session, the platform, and
+the attention backend's launches for a mixed batch."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("sglang", reason="SGLang is not installed (scripts/setup_sglang_env.sh)")
+torch = pytest.importorskip("torch")
+
+from revati.predictors.launch import Family  # noqa: E402
+from tests.cuda.conftest import RecordingLink  # noqa: E402
+
+pytestmark = pytest.mark.sglang
+
+
+def test_plugins_stay_out_of_the_way_outside_a_session() -> None:
+    from revati.adapters import sglang as adapter
+
+    assert adapter.platform_plugin() is None
+    adapter.general_plugin()  # no-op
+
+
+def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
+    from revati.adapters.sglang.platform import RevatiPlatform
+
+    p = RevatiPlatform()
+    assert p.is_out_of_tree() and not p.is_cuda()
+    assert p.get_dispatch_key_name() == "revati"
+    assert p.get_device(1) == torch.device("cuda", 1)
+    assert p.get_device_name(0) == torch.cuda.get_device_name(0)
+    assert not p.capabilities.supports_triton and not p.capabilities.supports_pynccl
+    args = SimpleNamespace(sampling_backend=None, sleep_on_idle=False,
+                           disable_custom_all_reduce=False)
+    p.apply_server_args_defaults(args)
+    assert args.sampling_backend == "pytorch" and args.sleep_on_idle
+    assert args.disable_custom_all_reduce
+
+
+class _Mode:
+    def __init__(self, decode: bool) -> None:
+        self.decode = decode
+
+    def is_decode_or_idle(self) -> bool:
+        return self.decode
+
+
+def test_attention_launches_per_part_of_a_mixed_batch(vcuda: Any, link: RecordingLink) -> None:
+    from revati.adapters.sglang import attention
+
+    backend = attention.RevatiAttnBackend(SimpleNamespace(device="cuda"))
+    writes: list[Any] = []
+    pool = SimpleNamespace(set_kv_buffer=lambda layer, loc, k, v: writes.append(loc))
+    # two decode rows (KV 100 and 50) and one prefill row of 30 new tokens (KV 40)
+    fb = SimpleNamespace(forward_mode=_Mode(False), seq_lens_cpu=torch.tensor([100, 50, 40]),
+                         extend_seq_lens_cpu=[1, 1, 30], token_to_kv_pool=pool,
+                         out_cache_loc=torch.arange(32, device="cuda"))
+    backend.init_forward_metadata(fb)
+    layer = SimpleNamespace(tp_q_head_num=32, tp_k_head_num=8, head_dim=128, v_head_dim=128)
+    q = torch.empty(32, 32 * 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.empty(32, 8 * 128, device="cuda", dtype=torch.bfloat16)
+    n = len(link.launches)
+    out = backend.forward_extend(q, k, k, layer, fb)
+    assert out.shape == (32, 32 * 128) and out.device.type == "cuda"
+    assert len(writes) == 1
+    attn = [e for e in link.launches[n:] if e.family == Family.ATTENTION]
+    assert [e.feats for e in attn] == [
+        (2, 2, 150, 100, 100 * 100 + 50 * 50, 32, 8, 128, 1),
+        (1, 30, 40, 40, 40 * 40, 32, 8, 128, 1),
+    ]
+    assert all(e.dtype == "bf16" and e.op == attention.ATTENTION_OP for e in attn)
+
+
+def test_the_backend_registers_with_sglang() -> None:
+    from sglang.srt.arg_groups import choices
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    from revati.adapters.sglang import attention
+
+    attention.register()
+    attention.register()
+    assert ATTENTION_BACKENDS["revati"] is attention.RevatiAttnBackend
+    assert choices.ATTENTION_BACKEND_CHOICES.count("revati") == 1
