@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from revati.adapters.cuda import launch
 from revati.adapters.cuda.ops import dtype_name
@@ -59,6 +60,7 @@ class RevatiAttnBackend(AttentionBackend):
     def __init__(self, model_runner: Any) -> None:
         super().__init__()
         self.device = model_runner.device
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.batch: Batch | None = None
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
@@ -73,7 +75,10 @@ class RevatiAttnBackend(AttentionBackend):
     def _emit(self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, layer: Any,
               forward_batch: Any, save_kv_cache: bool) -> torch.Tensor:
         if save_kv_cache and k is not None and v is not None:
-            forward_batch.token_to_kv_pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+            # SGLang's own pool write (an index write on virtual tensors). Sliding-window
+            # (SWA) pools also need the SWA location: not handled yet.
+            self.token_to_kv_pool.set_kv_buffer(
+                layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
         b = self.batch
         if b is not None:
             dtype = dtype_name(q.dtype)

@@ -51,12 +51,12 @@ class _Mode:
 def test_attention_launches_per_part_of_a_mixed_batch(vcuda: Any, link: RecordingLink) -> None:
     from revati.adapters.sglang import attention
 
-    backend = attention.RevatiAttnBackend(SimpleNamespace(device="cuda"))
     writes: list[Any] = []
     pool = SimpleNamespace(set_kv_buffer=lambda layer, loc, k, v: writes.append(loc))
+    backend = attention.RevatiAttnBackend(SimpleNamespace(device="cuda", token_to_kv_pool=pool))
     # two decode rows (KV 100 and 50) and one prefill row of 30 new tokens (KV 40)
     fb = SimpleNamespace(forward_mode=_Mode(False), seq_lens_cpu=torch.tensor([100, 50, 40]),
-                         extend_seq_lens_cpu=[1, 1, 30], token_to_kv_pool=pool,
+                         extend_seq_lens_cpu=[1, 1, 30],
                          out_cache_loc=torch.arange(32, device="cuda"))
     backend.init_forward_metadata(fb)
     layer = SimpleNamespace(tp_q_head_num=32, tp_k_head_num=8, head_dim=128, v_head_dim=128)
@@ -65,7 +65,7 @@ def test_attention_launches_per_part_of_a_mixed_batch(vcuda: Any, link: Recordin
     n = len(link.launches)
     out = backend.forward_extend(q, k, k, layer, fb)
     assert out.shape == (32, 32 * 128) and out.device.type == "cuda"
-    assert len(writes) == 1
+    assert len(writes) == 1 and writes[0].loc is fb.out_cache_loc
     attn = [e for e in link.launches[n:] if e.family == Family.ATTENTION]
     assert [e.feats for e in attn] == [
         (2, 2, 150, 100, 100 * 100 + 50 * 50, 32, 8, 128, 1),
