@@ -169,7 +169,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 with Client(sock) as c:
                     return c.request("session.stop", session=sid)["session"]
 
-            return serving.run(args, sock, create, stop)
+            def trace(sid: str, path: str) -> None:
+                with Client(sock) as c:
+                    Path(path).write_text(json.dumps(c.request("trace", session=sid)["trace"]))
+
+            return serving.run(args, sock, create, stop, trace)
     from revati.revatid.demo import md1
 
     command = [sys.executable, md1.__file__, str(args.num_prompts), str(args.seed),
@@ -248,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", default="h100")
     p.add_argument("--model", default="Llama-3.1-8B", help="a bundled model or a folder")
     p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
+    p.add_argument("--cpu-dilation", type=float, default=1.0,
+                   help="virtual seconds per real second of host CPU work (default 1: this "
+                   "host's CPU stands for the GPU server's)")
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
     p.add_argument("--num-prompts", type=int, default=200)
     p.add_argument("--request-rate", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)

@@ -62,7 +62,7 @@ pick_python() {
 }
 
 # Hash of what decides how this repo installs; a change re-runs its editable install.
-repo_hash() { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha256sum | cut -c1-16; }
+repo_hash() { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/scripts/setup_vllm_env.sh" | sha256sum | cut -c1-16; }
 
 # The marker has two parts: the vLLM base (minutes to install) and this checkout's editable
 # install (seconds). A venv kept outside the checkout and reused by another clone only needs the
@@ -131,7 +131,7 @@ if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(head -n4 "$MARKER")" = "$(base_m
     rm -f "$MARKER"
     : >>"$LOG"
     # The venv already has setuptools (a torch dependency), so no isolated build env is needed.
-    pip_ install --no-build-isolation -e "$ROOT" || die "editable install of $ROOT failed (see $LOG)"
+    pip_ install --no-build-isolation -e "$ROOT[test]" || die "editable install of $ROOT failed (see $LOG)"
     revati_ok || die "revati is not importable from $ROOT after the install"
     expected_marker >"$MARKER"
     say "done: $VENV is complete"
@@ -224,7 +224,7 @@ fi
 # --- 3. vLLM and this repo, in one resolve -------------------------------------------------------
 say "step 4/6: installing vllm==$VLLM_VERSION, torch $TORCH_VERSION+cpu and revati (-e $ROOT); full log: $LOG"
 t_install=$(date +%s)
-pip_ install "${PIP_EXTRA[@]}" "$TORCH_REQ" "vllm==$VLLM_VERSION" -e "$ROOT" \
+pip_ install "${PIP_EXTRA[@]}" "$TORCH_REQ" "vllm==$VLLM_VERSION" -e "$ROOT[test]" \
     || die "pip install failed (see $LOG)"
 say "pip install took $(( $(date +%s) - t_install ))s"
 

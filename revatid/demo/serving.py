@@ -61,7 +61,7 @@ def report(result: dict[str, Any], final: dict[str, Any], framework: str) -> dic
     return out
 
 
-def run(args: argparse.Namespace, sock: str, create: Any, stop: Any) -> int:
+def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any) -> int:
     """Run the framework's demo driver in a new session; print vLLM's table, then Revati's."""
     from revati.revatid.ctl import hook_env, summary_text
 
@@ -72,11 +72,15 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any) -> int:
         command = [python, "-m", f"revati.adapters.{args.framework}.demo",
                    "--result", str(result_file), "--model", args.model,
                    "--num-prompts", str(args.num_prompts),
-                   "--request-rate", str(args.request_rate), "--seed", str(args.seed)]
+                   "--request-rate", str(args.request_rate), "--seed", str(args.seed),
+                   "--input-len", str(args.input_len), "--output-len", str(args.output_len)]
         if tp > 1:
             command += ["--", "--tensor-parallel-size", str(tp)]
-        session = create(args.gpu, tp, {"seed": args.seed, "name": f"demo-{args.framework}"})
+        session = create(args.gpu, tp, {"seed": args.seed, "name": f"demo-{args.framework}",
+                                         "rate": args.cpu_dilation})
         code = subprocess.run(command, env=hook_env(sock, session["id"])).returncode
+        if args.trace:
+            trace(session["id"], args.trace)
         final = stop(session["id"])
         print(summary_text(final, code), file=sys.stderr)
         if code != 0:
