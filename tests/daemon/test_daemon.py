@@ -345,3 +345,20 @@ def test_watchdog_reports_a_session_where_everyone_waits_forever(daemon: Daemon)
                 break
             time.sleep(0.1)
         assert status["participants"] == []
+
+
+def test_systemd_units_agree_with_the_daemon() -> None:
+    """The socket unit listens where `revatid --system` would, with the daemon's 0600 mode, and
+    the service is activated by it."""
+    import configparser
+
+    from revati.revatid.main import SYSTEM_SOCKET
+
+    units = Path(__file__).parents[2] / "systemd"
+    sock, svc = configparser.ConfigParser(strict=False), configparser.ConfigParser(strict=False)
+    sock.read(units / "revatid.socket")
+    svc.read(units / "revatid.service")
+    assert sock["Socket"]["ListenStream"] == str(SYSTEM_SOCKET)
+    assert sock["Socket"]["SocketMode"] == "0600"
+    assert svc["Unit"]["Requires"] == "revatid.socket"
+    assert "--system" in svc["Service"]["ExecStart"]
