@@ -10,7 +10,10 @@ See docs/sglang-hookmap.md. Work in progress: see its section 12.
 
 from __future__ import annotations
 
+import os
 import sys
+
+ENV_DEFAULTS = {"SGLANG_ENABLE_JIT_DEEPGEMM": "0"}
 
 
 def _in_gpu_session() -> bool:
@@ -26,6 +29,10 @@ def platform_plugin() -> str | None:
     try:
         if not _in_gpu_session():
             return None
+        # Read by SGLang at import time, in this process and in the schedulers it spawns
+        # (they inherit the environment): DeepGEMM's JIT asks the driver for its device.
+        for name, value in ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         return "revati.adapters.sglang.platform.RevatiPlatform"
     except Exception as exc:  # SGLang logs plugin errors with logger.exception; say it here too
         print(f"revati: the SGLang platform plugin failed: {exc!r}", file=sys.stderr)
@@ -36,6 +43,7 @@ def general_plugin() -> None:
     """Entry point (`sglang.srt.plugins`): register Revati's attention backend."""
     if not _in_gpu_session():
         return
-    from revati.adapters.sglang import attention
+    from revati.adapters.sglang import attention, kernels
 
     attention.register()
+    kernels.register()
