@@ -102,6 +102,8 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
         f"  jumps            {c['jumps']:10d}   ({c['jumped_s']:.3f} s of virtual time skipped)",
         f"  real-time flow   {c['flowed_s']:10.3f} s   (virtual time that passed at real rate)",
         f"  frozen           {c['frozen_s']:10.3f} s   (Revati's own overhead, kept out)",
+        f"  CPU contention   {c.get('contended_s', 0.0):10.3f} s   (real time processes waited "
+        "for one of this host's CPUs, kept out)",
         f"  kernel launches  {c['launches']:10d}   collectives {c['collectives']}",
         f"  quiescence seen  {c['quiescence_by_hook']} by hooks, {c['quiescence_by_proc']} "
         "by /proc (unhooked waits)",
@@ -117,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise SystemExit("revatictl run: give a command after --")
     options: dict[str, Any] = {"rate": args.cpu_dilation, "grace_us": args.grace_us,
+                               "cpus": args.host_cpus,
                                "seed": args.seed, "name": Path(command[0]).name}
     if args.fixed_ns is not None:
         options["fixed_ns"] = args.fixed_ns
@@ -236,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=int, default=1)
     p.add_argument("--cpu-dilation", type=float, default=1.0,
                    help="virtual seconds per real second of CPU work (default 1)")
+    p.add_argument("--host-cpus", type=int, help="CPUs the run's processes share (default: "
+                   "the daemon's); while more processes run, virtual time flows at cpus/running "
+                   "(0: no contention model)")
     p.add_argument("--grace-us", type=float, default=50.0,
                    help="quiescence must hold this long before a jump (default 50)")
     p.add_argument("--fixed-ns", type=int, help="predict every kernel at this duration (tests)")
@@ -255,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-dilation", type=float, default=1.0,
                    help="virtual seconds per real second of host CPU work (default 1: this "
                    "host's CPU stands for the GPU server's)")
+    p.add_argument("--host-cpus", type=int,
+                   help="CPUs the processes share (default: the daemon's; 0: no contention model)")
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")

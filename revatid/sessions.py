@@ -42,6 +42,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "linger_s": 5.0,  # a session with no participants ends after this long
     "stuck_warn_s": 10.0,  # the watchdog warns about a clock stuck for this long
     "fixed_ns": None,  # predictor: every kernel takes this long (tests)
+    # host CPUs the session's processes share: while more of them run than this, virtual time
+    # flows at cpus/running (each would have a core of its own on the emulated server);
+    # None: the daemon's CPU affinity, 0: no contention model
+    "cpus": None,
     "bundle": None,  # predictor: this bundle folder instead of the SKU's own (validate --from)
     "seed": 0,
     "name": "",
@@ -95,6 +99,9 @@ class Session:
         rate = float(self.options["rate"])
         if not 0 < rate <= 1000:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "rate must be in (0, 1000]")
+        cpus = self.options["cpus"]
+        if cpus is not None and (not isinstance(cpus, int) or not 0 <= cpus <= 4096):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "cpus must be an integer in [0, 4096]")
         self.id = secrets.token_hex(4)
         self.log = log.bind(session=self.id)
         self.loop = loop
@@ -111,7 +118,10 @@ class Session:
         self.exited: list[dict[str, Any]] = []
         directory = _page_dir()
         self.page_path = str(directory / f"session-{self.id}")
-        self.page = Page(self.page_path, create=True, rate=rate)
+        cpus = self.options["cpus"]
+        if cpus is None:
+            cpus = len(os.sched_getaffinity(0))
+        self.page = Page(self.page_path, create=True, rate=rate, cpus=int(cpus))
         self.timekeeper = Timekeeper(
             self.page, lambda: self.participants.values(), loop, self.awaiting_joiners,
             grace_ns=int(self.options["grace_us"] * 1000),
@@ -176,7 +186,7 @@ class Session:
         for p in list(self.participants.values()):
             if not alive(p.pid):
                 self.leave(p, "died")
-        held, _frozen, _n, idle = self.page.freeze_stats()
+        held, _frozen, _n, idle, _contended = self.page.freeze_stats()
         stuck = None
         if held:
             stuck = "a participant has been inside Revati's code (clock frozen)"
@@ -224,7 +234,7 @@ class Session:
             return self.final
         virtual_ns = self.page.now()
         wall = time.monotonic() - self.created_mono
-        count, frozen_ns, freezes, _idle = self.page.freeze_stats()
+        count, frozen_ns, freezes, _idle, contended_ns = self.page.freeze_stats()
         tk = self.timekeeper
         return {
             "id": self.id, "name": self.options["name"], "state": self.state, "gpu": self.gpu,
@@ -242,6 +252,7 @@ class Session:
                 "jumps": tk.jumps, "jumped_s": tk.jumped_ns / 1e9,
                 "flowed_s": max(0.0, (virtual_ns - tk.jumped_ns) / 1e9),
                 "frozen_s": frozen_ns / 1e9, "freezes": freezes, "frozen_now": count,
+                "contended_s": contended_ns / 1e9,
                 "quiescence_by_hook": tk.decisions["hook"],
                 "quiescence_by_proc": tk.decisions["proc"],
                 "trace_dropped": self.trace.dropped,

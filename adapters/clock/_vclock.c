@@ -34,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAGIC 0x31304b4c43545652ULL /* "RVTCLK01" */
+#define MAGIC 0x32304b4c43545652ULL /* "RVTCLK02": layout 2 adds the CPU contention model */
 #define PAGE 4096
 #define SLOT_SIZE 64
 #define MAX_SLOTS 256
@@ -62,6 +62,11 @@ typedef struct {
     int64_t sections;
     uint32_t quiesce;  /* futex word bumped when a participant's last running thread waits */
     int32_t running;   /* threads running in all participants; 0: the idle freeze is on */
+    int32_t active;    /* participants with a running thread: processes that want a CPU */
+    int32_t ncpu;      /* host CPUs the session's processes share; 0: no contention model */
+    double frac;       /* share of real time not flowing now: 1 frozen, 1 - ncpu/active
+                          while more processes run than there are CPUs, else 0 */
+    int64_t contended; /* real ns kept out because processes waited for a CPU */
 } freeze_hdr;
 
 typedef struct {
@@ -101,16 +106,19 @@ typedef struct {
     int64_t last;     /* the largest V this process has returned (monotonic clamp) */
 } PageObject;
 
-/* Effective monotonic time: real time minus frozen intervals. Frozen: stands still. */
+/* Effective monotonic time: real time minus what does not flow. Frozen, it stands still; while
+ * more participant processes run than the host has CPUs, it flows at ncpu/active of real time:
+ * on the emulated server each process has a core of its own, so a process that waits here for
+ * a CPU would be running there. */
 static inline int64_t effective(freeze_hdr *f, int64_t m) {
     for (;;) {
         uint64_t s1 = LOAD(&f->seq);
         if (s1 & 1) continue;
-        uint32_t count = f->count;
+        double frac = f->frac;
         int64_t start = f->start, total = f->total;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (LOAD(&f->seq) != s1) continue;
-        return count ? start - total : m - total;
+        return m - total - (int64_t)(frac * (double)(m - start));
     }
 }
 
@@ -148,11 +156,13 @@ static int futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts
 /* ------------------------------------------------------------------ object lifecycle */
 
 static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "writer", "create", "rate", NULL};
+    static char *kwlist[] = {"path", "writer", "create", "rate", "cpus", NULL};
     const char *path;
     int writer = 0, create = 0;
     double rate = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|ppd", kwlist, &path, &writer, &create, &rate))
+    int cpus = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|ppdi", kwlist, &path, &writer, &create, &rate,
+                                     &cpus))
         return -1;
     int fd = open(path, (writer || create) ? (O_RDWR | (create ? O_CREAT | O_EXCL : 0)) : O_RDWR,
                   0600);
@@ -198,6 +208,8 @@ static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
         self->clk->origin_wall = wall_ns();
         for (int i = 0; i < MAX_SLOTS; i++) self->slots[i].deadline = NO_DEADLINE;
         self->frz->count = 1; /* the idle freeze: nobody runs yet */
+        self->frz->frac = 1.0;
+        self->frz->ncpu = cpus > 0 ? cpus : 0;
         self->frz->start = m;
         STORE(&self->clk->magic, MAGIC);
     } else if (LOAD(&self->clk->magic) != MAGIC) {
@@ -263,15 +275,44 @@ static inline void spin_lock(uint32_t *l) {
 
 static inline void spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
 
+/* The segments of real time: each change of the freeze count or of the active participants
+ * closes the current segment at its fraction and opens one at the new fraction. The caller
+ * holds f->lock and has made the seq odd. */
+static inline void close_segment(freeze_hdr *f, int64_t now) {
+    int64_t lost = (int64_t)(f->frac * (double)(now - f->start));
+    f->total += lost;
+    if (f->count == 0) f->contended += lost;
+    f->start = now;
+}
+
+static inline void set_frac(freeze_hdr *f) {
+    if (f->count) f->frac = 1.0;
+    else if (f->ncpu > 0 && f->active > f->ncpu) f->frac = 1.0 - (double)f->ncpu / f->active;
+    else f->frac = 0.0;
+}
+
 /* Add (+1) or drop (-1) one freeze; the caller holds f->lock. */
 static inline void freeze_step(freeze_hdr *f, int delta) {
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    close_segment(f, mono_ns());
     if (delta > 0) {
-        if (f->count++ == 0) f->start = mono_ns();
+        f->count++;
     } else if (f->count > 0 && --f->count == 0) {
-        f->total += mono_ns() - f->start;
         f->sections++;
     }
+    set_frac(f);
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+}
+
+/* A participant's running threads go from `before` to `after` (under f->lock): it starts or
+ * stops wanting a CPU. */
+static inline void active_step(freeze_hdr *f, int32_t before, int32_t after) {
+    int delta = (before <= 0 && after > 0) - (before > 0 && after <= 0);
+    if (!delta) return;
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    close_segment(f, mono_ns());
+    f->active += delta;
+    set_frac(f);
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
 }
 
@@ -321,11 +362,10 @@ static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
     uint32_t n = held > 0 ? (uint32_t)held : 0;
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
     if (n > f->count) n = f->count;
-    if (n && f->count == n) {
-        f->total += mono_ns() - f->start;
-        f->sections++;
-    }
+    close_segment(f, mono_ns());
+    if (n && f->count == n) f->sections++;
     f->count -= n;
+    set_frac(f);
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
     spin_unlock(&f->lock);
     return PyLong_FromUnsignedLong(n);
@@ -335,12 +375,15 @@ static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
     int64_t m = mono_ns();
     spin_lock(&f->lock);
-    int64_t total = f->total + (f->count ? m - f->start : 0);
+    int64_t current = (int64_t)(f->frac * (double)(m - f->start));
+    int64_t contended = f->contended + (f->count ? 0 : current);
+    int64_t total = f->total + current - contended;
     uint32_t count = f->count;
     int64_t sections = f->sections;
     int idle = f->running <= 0;
     spin_unlock(&f->lock);
-    return Py_BuildValue("ILLi", count - idle, (long long)total, (long long)sections, idle);
+    return Py_BuildValue("ILLiL", count - idle, (long long)total, (long long)sections, idle,
+                         (long long)contended);
 }
 
 /* ------------------------------------------------------------------ clock writes (revatid) */
@@ -490,8 +533,9 @@ static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {
     if (!s) return NULL;
     spin_lock(&self->frz->lock);
     running_step(self->frz, running - s->running);
-    spin_unlock(&self->frz->lock);
+    active_step(self->frz, s->running, running);
     s->running = running;
+    spin_unlock(&self->frz->lock);
     s->deadline = NO_DEADLINE;
     s->waits = 0;
     s->freezes = 0;
@@ -509,8 +553,9 @@ static PyObject *Page_slot_free(PageObject *self, PyObject *args) {
     STORE(&s->pid, 0);
     spin_lock(&self->frz->lock);
     running_step(self->frz, -s->running);
-    spin_unlock(&self->frz->lock);
+    active_step(self->frz, s->running, 0);
     s->running = 0;
+    spin_unlock(&self->frz->lock);
     s->deadline = NO_DEADLINE;
     Py_RETURN_NONE;
 }
@@ -524,6 +569,7 @@ static PyObject *Page_slot_running(PageObject *self, PyObject *args) {
     spin_lock(&self->frz->lock);
     running_step(self->frz, delta);
     int32_t now = __atomic_add_fetch(&s->running, delta, __ATOMIC_ACQ_REL);
+    active_step(self->frz, now - delta, now);
     spin_unlock(&self->frz->lock);
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
     if (delta < 0) {

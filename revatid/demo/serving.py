@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
         if tp > 1:
             command += ["--", "--tensor-parallel-size", str(tp)]
         session = create(args.gpu, tp, {"seed": args.seed, "name": f"demo-{args.framework}",
-                                         "rate": args.cpu_dilation})
+                                         "rate": args.cpu_dilation, "cpus": args.host_cpus})
         code = subprocess.run(command, env=hook_env(sock, session["id"])).returncode
         if args.trace:
             trace(session["id"], args.trace)
