@@ -19,13 +19,17 @@ from sglang.srt.platforms.interface import PlatformCapabilities, SRTPlatform
 ATTENTION_BACKEND = "revati"
 
 # Server arguments whose defaults differ on virtual GPUs, applied only where the user left the
-# default (None): the pure-torch sampler (its sampled ids come from the token oracle), an idle
+# default (None or False): the pure-torch sampler (its sampled ids come from the token oracle), an idle
 # scheduler that waits in a zmq poll (so revatid sees it WAITING), collectives through
 # torch.distributed (so revatid rendezvous them).
 SERVER_DEFAULTS: dict[str, Any] = {
     "sampling_backend": "pytorch",
     "sleep_on_idle": True,
     "disable_custom_all_reduce": True,
+    # Until a graph backend over Revati's virtual CUDAGraph exists: SGLang's own capture paths
+    # query the CUDA runtime directly (breakable_cuda_graph.py:86 cudaStreamGetCaptureInfo).
+    "cuda_graph_backend_prefill": "disabled",
+    "cuda_graph_backend_decode": "disabled",
 }
 
 

@@ -34,10 +34,12 @@ def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
     assert p.get_device_name(0) == torch.cuda.get_device_name(0)
     assert not p.capabilities.supports_triton and not p.capabilities.supports_pynccl
     args = SimpleNamespace(sampling_backend=None, sleep_on_idle=False,
-                           disable_custom_all_reduce=False)
+                           disable_custom_all_reduce=False, cuda_graph_backend_prefill=None,
+                           cuda_graph_backend_decode="full")
     p.apply_server_args_defaults(args)
     assert args.sampling_backend == "pytorch" and args.sleep_on_idle
-    assert args.disable_custom_all_reduce
+    assert args.disable_custom_all_reduce and args.cuda_graph_backend_prefill == "disabled"
+    assert args.cuda_graph_backend_decode == "full"  # the user's choice stays
 
 
 class _Mode:
