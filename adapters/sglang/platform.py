@@ -19,9 +19,9 @@ from sglang.srt.platforms.interface import PlatformCapabilities, SRTPlatform
 ATTENTION_BACKEND = "revati"
 
 # Server arguments whose defaults differ on virtual GPUs, applied only where the user left the
-# default (None or False): the pure-torch sampler (its sampled ids come from the token oracle), an idle
-# scheduler that waits in a zmq poll (so revatid sees it WAITING), collectives through
-# torch.distributed (so revatid rendezvous them).
+# default (None or False): the pure-torch sampler (its sampled ids come from the token
+# oracle), an idle scheduler that waits in a zmq poll (so revatid sees it WAITING),
+# collectives through torch.distributed (so revatid rendezvous them).
 SERVER_DEFAULTS: dict[str, Any] = {
     "sampling_backend": "pytorch",
     "sleep_on_idle": True,
