@@ -106,9 +106,11 @@ def test_kv_cache_blocks_follow_the_virtual_allocator(serve_200: Demo) -> None:
 
 def test_decode_step_at_batch_one_is_bound_by_weight_bytes(daemon_m: Daemon,
                                                            tmp_path: Path) -> None:
-    """Physics: one decode step reads every weight once, 16 GB at 3.35 TB/s, about 4.8 ms."""
+    """Physics: one decode step reads every weight once, 16 GB at 3.35 TB/s, about 4.8 ms. The
+    step's kernels (its graph) must take within 25% of that; TPOT adds the sampler and the host
+    work between steps (vLLM on a real H100 reports 6.2-6.7 ms for this model at batch 1)."""
     demo = run_demo(daemon_m, tmp_path, "--num-prompts", "3", "--request-rate", "0.2",
-                    "--output-len", "64", "--cpu-dilation", "0.3")
+                    "--output-len", "64")
     steps = [e["dur"] / 1e3 for e in demo.trace
              if e.get("ph") == "X" and e.get("name") == "cuda_graph"]
     assert len(steps) >= 3 * 60
@@ -116,7 +118,7 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(daemon_m: Daemon,
     bound_ms = 16.06e9 / H100_HBM_BYTES_PER_S * 1e3
     assert bound_ms <= step_ms < 1.25 * bound_ms
     tpot = demo.result["median_tpot_ms"]
-    assert step_ms <= tpot < 1.5 * bound_ms  # the GPU step plus host work between steps
+    assert step_ms <= tpot < 1.4 * bound_ms
 
 
 def test_tensor_parallel_two_rendezvous_collectives(daemon_m: Daemon, tmp_path: Path) -> None:
