@@ -26,10 +26,6 @@ SERVER_DEFAULTS: dict[str, Any] = {
     "sampling_backend": "pytorch",
     "sleep_on_idle": True,
     "disable_custom_all_reduce": True,
-    # Until a graph backend over Revati's virtual CUDAGraph exists: SGLang's own capture paths
-    # query the CUDA runtime directly (breakable_cuda_graph.py:86 cudaStreamGetCaptureInfo).
-    "cuda_graph_backend_prefill": "disabled",
-    "cuda_graph_backend_decode": "disabled",
 }
 
 
@@ -61,3 +57,26 @@ class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
         for name, value in SERVER_DEFAULTS.items():
             if hasattr(server_args, name) and getattr(server_args, name) in (None, False):
                 setattr(server_args, name, value)
+        _graphs_off(server_args)
+
+
+def _graphs_off(server_args: Any) -> None:
+    """CUDA graphs off for each phase whose backend the user did not name, until a graph
+    backend over Revati's virtual CUDAGraph exists: SGLang's capture paths query the CUDA
+    runtime directly (breakable_cuda_graph.py:86, cudaStreamGetCaptureInfo). The
+    --cuda-graph-backend-* flags are folded into `cuda_graph_config` before the platform's
+    defaults run (arg_groups/pipeline.py:191 vs :214), so the folded config is what changes."""
+    import dataclasses
+
+    from sglang.srt.model_executor.cuda_graph_config import Backend, CudaGraphConfig
+
+    cfg = getattr(server_args, "cuda_graph_config", None)
+    if isinstance(cfg, dict):
+        cfg = CudaGraphConfig.from_dict(cfg)
+    if not isinstance(cfg, CudaGraphConfig):
+        return
+    changes = {phase: dataclasses.replace(getattr(cfg, phase), backend=Backend.DISABLED)
+               for phase in ("decode", "prefill")
+               if getattr(server_args, f"cuda_graph_backend_{phase}", None) is None}
+    if changes:
+        server_args.cuda_graph_config = dataclasses.replace(cfg, **changes)

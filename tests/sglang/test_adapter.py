@@ -33,13 +33,17 @@ def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
     assert p.get_device(1) == torch.device("cuda", 1)
     assert p.get_device_name(0) == torch.cuda.get_device_name(0)
     assert not p.capabilities.supports_triton and not p.capabilities.supports_pynccl
+    from sglang.srt.model_executor.cuda_graph_config import default_cuda_graph_config
+
     args = SimpleNamespace(sampling_backend=None, sleep_on_idle=False,
                            disable_custom_all_reduce=False, cuda_graph_backend_prefill=None,
-                           cuda_graph_backend_decode="full")
+                           cuda_graph_backend_decode="full",
+                           cuda_graph_config=default_cuda_graph_config())
     p.apply_server_args_defaults(args)
     assert args.sampling_backend == "pytorch" and args.sleep_on_idle
-    assert args.disable_custom_all_reduce and args.cuda_graph_backend_prefill == "disabled"
-    assert args.cuda_graph_backend_decode == "full"  # the user's choice stays
+    assert args.disable_custom_all_reduce
+    assert args.cuda_graph_config.prefill.backend == "disabled"
+    assert args.cuda_graph_config.decode.backend == "full"  # the user's choice stays
 
 
 class _Mode:
