@@ -14,8 +14,41 @@ def _never(*args: Any, **kwargs: Any) -> bool:
     return False
 
 
+def _group(name: str) -> Any:
+    from sglang.srt.distributed import parallel_state
+
+    return parallel_state._groups[name]()
+
+
+# SGLang wraps its collectives in torch custom ops (distributed/parallel_state.py:184-240) so
+# that Dynamo treats them as opaque. On virtual tensors such an op reaches Revati's dispatcher
+# as an unknown custom op (and, with host-backed inputs, runs on the CPU, where it has no
+# kernel). Calling the coordinator's method directly, as the op's body does, ends in
+# torch.distributed on the device group: a c10d collective that revatid rendezvous.
+def _inplace_all_reduce(tensor: Any, group_name: str) -> None:
+    _group(group_name)._all_reduce_in_place(tensor)
+
+
+def _outplace_all_reduce(tensor: Any, group_name: str, outplace_all_reduce_method: str) -> Any:
+    return _group(group_name)._all_reduce_out_place(tensor, outplace_all_reduce_method)
+
+
+def _reg_all_gather_into_tensor(output: Any, input: Any, group_name: str) -> None:
+    _group(group_name)._all_gather_into_tensor(output, input)
+
+
+def _reg_reduce_scatter_tensor(output: Any, input: Any, group_name: str) -> None:
+    _group(group_name)._reduce_scatter_tensor(output, input)
+
+
+_PS = "sglang.srt.distributed.parallel_state"
+
 # (dotted target, replacement) for SGLang's HookRegistry (REPLACE hooks).
 REPLACEMENTS = (
+    (f"{_PS}.inplace_all_reduce", _inplace_all_reduce),
+    (f"{_PS}.outplace_all_reduce", _outplace_all_reduce),
+    (f"{_PS}.reg_all_gather_into_tensor", _reg_all_gather_into_tensor),
+    (f"{_PS}.reg_reduce_scatter_tensor", _reg_reduce_scatter_tensor),
     # The KV-cache store kernel (kernels/ops/kvcache/kvcache.py): its build takes a minute of
     # nvcc and fails to link without the CUDA runtime; memory_pool.py:175 then writes K/V with
     # index ops, which is what we want from the start.
