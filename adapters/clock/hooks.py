@@ -90,10 +90,14 @@ def _install_time(clock: VirtualClock) -> None:
 def _install_datetime(clock: VirtualClock) -> None:
     # datetime's C type reads the system clock directly and cannot be patched; replace the
     # module's classes with subclasses whose constructors from "now" read the session clock.
+    # No __slots__ of their own: the instance size stays the C type's, which Cython modules
+    # (pandas) check at import against `datetime.datetime` (a larger size crashed pandas).
     base_dt, base_date = _keep("datetime.datetime", _dt.datetime), _keep("datetime.date", _dt.date)
     page = clock.page
 
     class datetime(base_dt):
+        __slots__ = ()
+
         @classmethod
         def now(cls, tz: _dt.tzinfo | None = None) -> _dt.datetime:
             return cls.fromtimestamp(page.time(), tz)
@@ -107,12 +111,37 @@ def _install_datetime(clock: VirtualClock) -> None:
             return cls.fromtimestamp(page.time())
 
     class date(base_date):
+        __slots__ = ()
+
         @classmethod
         def today(cls) -> _dt.date:
             return cls.fromtimestamp(page.time())
 
     datetime.__module__ = date.__module__ = "datetime"
     _dt.datetime, _dt.date = datetime, date
+    _real_datetime_for_extensions(base_dt, base_date)
+
+
+def _real_datetime_for_extensions(base_dt: type, base_date: type) -> None:
+    """Compiled modules that subclass datetime in C (pandas' Timestamp, via Cython's
+    `cimport datetime`) take the class from the module at import and lay out their type on
+    it: they must get the C type, not the session's Python subclass (which crashed pandas in
+    garbage collection). Extension modules load with the originals in place."""
+    from importlib.machinery import ExtensionFileLoader
+
+    def with_real_datetime(load: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def wrapper(self: Any, arg: Any) -> Any:
+            session = _dt.datetime, _dt.date
+            _dt.datetime, _dt.date = base_dt, base_date
+            try:
+                return load(self, arg)
+            finally:
+                _dt.datetime, _dt.date = session
+        return wrapper
+
+    for name in ("create_module", "exec_module"):
+        original = _keep(f"ExtensionFileLoader.{name}", getattr(ExtensionFileLoader, name))
+        setattr(ExtensionFileLoader, name, with_real_datetime(original))
 
 
 def _install_threading(clock: VirtualClock) -> None:
