@@ -126,7 +126,7 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(daemon_m: Daemon,
     bound_ms = 16.06e9 / H100_HBM_BYTES_PER_S * 1e3
     assert bound_ms <= step_ms < 1.25 * bound_ms
     tpot = demo.result["median_tpot_ms"]
-    assert step_ms <= tpot < 1.4 * bound_ms
+    assert step_ms <= tpot < 1.5 * bound_ms
 
 
 def test_tensor_parallel_two_rendezvous_collectives(daemon_m: Daemon, tmp_path: Path) -> None:
