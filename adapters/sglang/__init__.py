@@ -4,7 +4,8 @@ SGLang resolves `current_platform` from the `sglang.srt.platforms` entry points 
 process (HTTP server, schedulers, detokenizer). Outside a Revati session `platform_plugin`
 returns None and SGLang picks its platform as usual; inside one it names `RevatiPlatform`.
 `general_plugin` (`sglang.srt.plugins`, run by SGLang's `load_plugins()` in every process, before
-the CLI is parsed in the HTTP server) registers the "revati" attention backend.
+the CLI is parsed in the HTTP server) registers the "revati" attention backend, single-launch
+stand-ins for the fused ops (fused_ops.py) and the token oracle's hook (oracle.py).
 See docs/sglang-hookmap.md. Work in progress: see its section 12.
 """
 
@@ -40,10 +41,13 @@ def platform_plugin() -> str | None:
 
 
 def general_plugin() -> None:
-    """Entry point (`sglang.srt.plugins`): register Revati's attention backend."""
+    """Entry point (`sglang.srt.plugins`): register Revati's attention backend, the fused-op
+    stand-ins, the kernel hooks and the token oracle's hook."""
     if not _in_gpu_session():
         return
-    from revati.adapters.sglang import attention, kernels
+    from revati.adapters.sglang import attention, fused_ops, kernels, oracle
 
     attention.register()
+    fused_ops.register()
     kernels.register()
+    oracle.register()

@@ -90,3 +90,60 @@ def test_the_backend_registers_with_sglang() -> None:
     attention.register()
     assert ATTENTION_BACKENDS["revati"] is attention.RevatiAttnBackend
     assert choices.ATTENTION_BACKEND_CHOICES.count("revati") == 1
+
+
+def test_fused_op_stand_ins_register_for_the_op_and_its_parameter_only_subclasses() -> None:
+    from sglang.kernels.fused_op import BaseFusedOp
+    from sglang.srt.layers.activation import SiluAndMul
+    from sglang.srt.layers.layernorm import RMSNorm
+    from sglang.srt.layers.rotary_embedding.mrope import MRotaryEmbedding
+    from sglang.srt.layers.rotary_embedding.rope_variant import Llama3RotaryEmbedding
+
+    from revati.adapters.sglang import fused_ops
+
+    fused_ops.register()
+    reg = BaseFusedOp._oot_forward_registry["revati"]
+    assert reg[RMSNorm] is fused_ops.rms_norm and reg[SiluAndMul] is fused_ops.silu_and_mul
+    assert reg[Llama3RotaryEmbedding] is fused_ops.rotary
+    assert MRotaryEmbedding not in reg  # a forward of its own: its native path stays
+
+
+def test_fused_op_stand_ins_emit_one_launch_each(vcuda: Any, link: RecordingLink) -> None:
+    from sglang.srt.layers.activation import SiluAndMul
+    from sglang.srt.layers.layernorm import RMSNorm
+
+    from revati.adapters.sglang import fused_ops
+
+    h, t = 4096, 8
+    norm = RMSNorm(h, weight_dtype=torch.bfloat16).to("cuda")
+    x = torch.empty(t, h, device="cuda", dtype=torch.bfloat16)
+    res = torch.empty(t, h, device="cuda", dtype=torch.bfloat16)
+    rope = SimpleNamespace(rotary_dim=128)
+    q = torch.empty(t, 32 * 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.empty(t, 8 * 128, device="cuda", dtype=torch.bfloat16)
+    pos = torch.arange(t, device="cuda")
+    n = len(link.launches)
+    out = fused_ops.rms_norm(norm, x)
+    assert out.shape == x.shape and out is not x
+    assert fused_ops.rms_norm(norm, x, res) == (x, res)  # in place, as the fused kernel
+    gate_up = torch.empty(t, 2 * 14336, device="cuda", dtype=torch.bfloat16)
+    assert fused_ops.silu_and_mul(SiluAndMul(), gate_up).shape == (t, 14336)
+    assert fused_ops.rotary(rope, pos, q, k) == (q, k)
+    launches = link.launches[n:]
+    assert [(e.family, e.op) for e in launches] == [
+        (Family.MEMORY, "sglang::rmsnorm"), (Family.MEMORY, "sglang::fused_add_rmsnorm"),
+        (Family.MEMORY, "sglang::silu_and_mul"), (Family.MEMORY, "sglang::rotary_embedding")]
+    assert launches[0].feats == (2 * t * h * 2 + h * 2, t * h)
+
+
+def test_the_token_oracle_takes_the_models_vocabulary_and_leaves_out_its_eos(vcuda: Any) -> None:
+    from revati.adapters.cuda import state
+    from revati.adapters.sglang import oracle
+
+    cfg = SimpleNamespace(hf_config=SimpleNamespace(vocab_size=128256), vocab_size=128256,
+                          hf_eos_token_id={128001, 128008, 128009})
+    oracle.set_for(cfg, seed=3)
+    o = state.S.oracle
+    assert o.vocab_size == 128256 and list(o.eos_ids) == [128001, 128008, 128009]
+    ids = o.tokens(100000)
+    assert ids.max() < 128256 and not set(ids.tolist()) & {128001, 128008, 128009}

@@ -1,0 +1,105 @@
+"""Fused-kernel stand-ins for SGLang's fused ops: one launch each, as on a real H100.
+
+On CUDA, SGLang runs RMSNorm (and the fused residual-add RMSNorm), SiluAndMul and rotary
+embedding as single sgl-kernel / FlashInfer kernels. On Revati's out-of-tree platform
+`BaseFusedOp` dispatch (`sglang/kernels/fused_op.py`, `_resolve_forward_method`) takes a forward
+registered with `BaseFusedOp.register_oot_forward(op_cls, fn, "revati")` first, and
+`forward_native` (a dozen element-wise launches, and as many Python-level dispatcher entries)
+otherwise. These stand-ins emit one MEMORY launch with the bytes the fused kernel moves and
+return outputs of the right shape; activations are never computed. The registry is keyed on the
+exact class, so each subclass that only changes the op's parameters (Llama 3's scaled rope, ...)
+is registered too; those with a forward of their own (mrope, ...) keep their native path.
+Same model as adapters/vllm/custom_ops.py. `REVATI_SGLANG_FUSED_OPS=0` leaves them out (SGLang's
+native decompositions), for comparisons.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from revati.adapters.cuda import launch
+from revati.adapters.cuda.ops import dtype_name
+from revati.predictors.launch import Family
+
+PLATFORM_KEY = "revati"
+
+
+def _bytes(*ts: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
+
+
+def _memory(op: str, like: torch.Tensor, moved: int, elements: int) -> None:
+    launch(Family.MEMORY, op, dtype_name(like.dtype), (moved, elements), like.device.index or 0)
+
+
+def rms_norm(self: Any, x: torch.Tensor, residual: torch.Tensor | None = None,
+             post_residual_addition: torch.Tensor | None = None,
+             quant_linear: Any = None) -> Any:
+    if (quant_linear is not None or self._quant_linear is not None
+            or self.variance_size_override is not None or x.numel() == 0):
+        # fused FP8 quantization, partial-width variance, empty batches: SGLang's own paths
+        return self.forward_native(x, residual, post_residual_addition, quant_linear)
+    weight = self.weight if self.has_weight else None
+    if residual is None:
+        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        _memory("sglang::rmsnorm", x, 2 * _bytes(x) + _bytes(weight), x.numel())
+        return out
+    # in place, as sgl-kernel's fused_add_rmsnorm: reads x and the residual (and the extra
+    # addend), writes both
+    _memory("sglang::fused_add_rmsnorm", x,
+            4 * _bytes(x) + _bytes(post_residual_addition) + _bytes(weight), x.numel())
+    return x, residual
+
+
+def silu_and_mul(self: Any, x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] // 2
+    out = torch.empty((*x.shape[:-1], d), dtype=x.dtype, device=x.device)
+    _memory("sglang::silu_and_mul", x, _bytes(x) + _bytes(out), out.numel())
+    return out
+
+
+def rotary(self: Any, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+           offsets: torch.Tensor | None = None, fused_set_kv_buffer_arg: Any = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    # in place on query and key (FlashInfer's apply_rope_with_cos_sin_cache_inplace); reads
+    # the cos/sin row of each position. A fused KV-cache write is not modelled: the revati
+    # attention backend writes K/V itself.
+    rows = positions.numel() * self.rotary_dim * 4  # fp32 cache
+    _memory("sglang::rotary_embedding", query,
+            2 * _bytes(query, key) + _bytes(positions) + rows,
+            query.numel() + (key.numel() if key is not None else 0))
+    return query, key
+
+
+def _same_forward(cls: type, base: type) -> bool:
+    return all(getattr(cls, m) is getattr(base, m) for m in ("forward_native", "forward_cuda"))
+
+
+def _family(base: type) -> list[type]:
+    """`base` and its (loaded) subclasses that keep its forward."""
+    seen, todo = [], [base]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen and _same_forward(cls, base):
+            seen.append(cls)
+            todo.extend(cls.__subclasses__())
+    return seen
+
+
+def register() -> None:
+    """Register the stand-ins with SGLang's fused-op dispatch; before the model is built."""
+    if os.environ.get("REVATI_SGLANG_FUSED_OPS", "1") == "0":
+        return
+    import sglang.srt.layers.rotary_embedding  # noqa: F401  (loads the rope subclasses)
+    from sglang.kernels.fused_op import BaseFusedOp
+    from sglang.srt.layers.activation import SiluAndMul
+    from sglang.srt.layers.layernorm import RMSNorm
+    from sglang.srt.layers.rotary_embedding.base import RotaryEmbedding
+
+    for base, fn in ((RMSNorm, rms_norm), (SiluAndMul, silu_and_mul),
+                     (RotaryEmbedding, rotary)):
+        for cls in _family(base):
+            BaseFusedOp.register_oot_forward(cls, fn, PLATFORM_KEY)
