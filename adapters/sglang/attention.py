@@ -6,6 +6,11 @@ fields once per step (query lengths, KV lengths); every layer's `forward_extend`
 tensors: a MEMORY launch) and emits one ATTENTION launch per part of the batch (decode rows,
 prefill rows), with the features of revati.predictors.launch. The output is allocated and left
 as it is: activations are never computed.
+
+CUDA graphs (SGLang's decode runner, "full" backend, over Revati's virtual CUDAGraph): the runner
+calls `init_forward_metadata_out_graph` before capture and before each replay with the step's
+(padded) batch; inside a capture the ATTENTION launches are dynamic graph nodes
+(`graphs.dynamic`), so each replay launches attention with the batch of its own step.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from revati.adapters.cuda import launch
+from revati.adapters.cuda import graphs, launch, streams
 from revati.adapters.cuda.ops import dtype_name
 from revati.predictors.launch import Family
 
@@ -64,6 +69,10 @@ class RevatiAttnBackend(AttentionBackend):
         self.batch: Batch | None = None
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
+        self.init_forward_metadata_out_graph(forward_batch)
+
+    def init_forward_metadata_out_graph(self, forward_batch: Any, in_capture: bool = False,
+                                        ) -> None:
         mode = forward_batch.forward_mode
         kv = _host(forward_batch.seq_lens_cpu)
         if mode.is_decode_or_idle():
@@ -79,16 +88,20 @@ class RevatiAttnBackend(AttentionBackend):
             # (SWA) pools also need the SWA location: not handled yet.
             self.token_to_kv_pool.set_kv_buffer(
                 layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
-        b = self.batch
-        if b is not None:
-            dtype = dtype_name(q.dtype)
-            dev = q.device.index or 0
-            for part, causal in ((b.decode, 1), (b.prefill, 1)):
-                if part is not None:
-                    launch(Family.ATTENTION, ATTENTION_OP, dtype,
-                           (*part, layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim,
-                            causal), dev)
+        heads = (layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim)
+        dtype, dev = dtype_name(q.dtype), q.device.index or 0
+        if streams.current_stream().capture is None:
+            _launch(self.batch, dtype, dev, heads)
+        else:  # in a CUDA graph: each replay launches with the batch of its own step
+            graphs.dynamic(lambda: _launch(self.batch, dtype, dev, heads))
         return q.new_empty(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
+
+    # -- CUDA graphs: no device-side metadata to keep at fixed addresses
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        pass
+
+    def get_cuda_graph_seq_len_fill_value(self) -> int:
+        return 1
 
     def forward_extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any,
                        forward_batch: Any, save_kv_cache: bool = True, **kwargs: Any,
@@ -99,6 +112,14 @@ class RevatiAttnBackend(AttentionBackend):
                        forward_batch: Any, save_kv_cache: bool = True, **kwargs: Any,
                        ) -> torch.Tensor:
         return self._emit(q, k, v, layer, forward_batch, save_kv_cache)
+
+
+def _launch(b: Batch | None, dtype: str, dev: int, heads: tuple[int, int, int]) -> None:
+    if b is None:
+        return
+    for part in (b.decode, b.prefill):
+        if part is not None:
+            launch(Family.ATTENTION, ATTENTION_OP, dtype, (*part, *heads, 1), dev)
 
 
 def register() -> None:

@@ -35,7 +35,7 @@ class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
     device_type = "cuda"
     capabilities = PlatformCapabilities(
         supports_triton=False,  # no Triton launch can run: torch-native index writers
-        graph_capture=False,  # first target: eager (docs/sglang-hookmap.md section 7)
+        graph_capture=True,  # decode graphs over Revati's virtual CUDAGraph (section 7)
         piecewise_graph=False,
         hicache_device_kernels=False,
         supports_pynccl=False,  # collectives through torch.distributed -> revati backend
@@ -53,30 +53,44 @@ class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
     def get_group_coordinator_device(self, local_rank: int) -> torch.device:
         return torch.device("cuda", local_rank)
 
+    def get_graph_runner_cls(self) -> type:
+        # SGLang's own CUDA decode-graph runner: its torch.cuda.CUDAGraph is Revati's virtual one
+        from sglang.srt.model_executor.runner.decode_cuda_graph_runner import (
+            DecodeCudaGraphRunner,
+        )
+
+        return DecodeCudaGraphRunner
+
     def apply_server_args_defaults(self, server_args: Any) -> None:
         for name, value in SERVER_DEFAULTS.items():
             if hasattr(server_args, name) and getattr(server_args, name) in (None, False):
                 setattr(server_args, name, value)
-        _graphs_off(server_args)
+        _graph_defaults(server_args)
 
 
-def _graphs_off(server_args: Any) -> None:
-    """CUDA graphs off for each phase whose backend the user did not name, until a graph
-    backend over Revati's virtual CUDAGraph exists: SGLang's capture paths query the CUDA
-    runtime directly (breakable_cuda_graph.py:86, cudaStreamGetCaptureInfo). The
+# The CUDA-graph backend of each phase when the user names none: decode graphs through the
+# "full" backend (torch.cuda.CUDAGraph, which is Revati's virtual CUDAGraph: a replay is one
+# GRAPH launch plus the attention launches of the step); prefill eager, since the "breakable"
+# backend SGLang picks for it queries the CUDA runtime directly (breakable_cuda_graph.py:86,
+# cudaStreamGetCaptureInfo).
+GRAPH_DEFAULTS = {"decode": "full", "prefill": "disabled"}
+
+
+def _graph_defaults(server_args: Any) -> None:
+    """GRAPH_DEFAULTS for each phase whose backend the user did not name. The
     --cuda-graph-backend-* flags are folded into `cuda_graph_config` before the platform's
     defaults run (arg_groups/pipeline.py:191 vs :214), so the folded config is what changes."""
     import dataclasses
 
-    from sglang.srt.model_executor.cuda_graph_config import Backend, CudaGraphConfig
+    from sglang.srt.model_executor.cuda_graph_config import CudaGraphConfig
 
     cfg = getattr(server_args, "cuda_graph_config", None)
     if isinstance(cfg, dict):
         cfg = CudaGraphConfig.from_dict(cfg)
     if not isinstance(cfg, CudaGraphConfig):
         return
-    changes = {phase: dataclasses.replace(getattr(cfg, phase), backend=Backend.DISABLED)
-               for phase in ("decode", "prefill")
+    changes = {phase: dataclasses.replace(getattr(cfg, phase), backend=backend)
+               for phase, backend in GRAPH_DEFAULTS.items()
                if getattr(server_args, f"cuda_graph_backend_{phase}", None) is None}
     if changes:
         server_args.cuda_graph_config = dataclasses.replace(cfg, **changes)

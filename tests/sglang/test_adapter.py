@@ -44,6 +44,13 @@ def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
     assert args.disable_custom_all_reduce
     assert args.cuda_graph_config.prefill.backend == "disabled"
     assert args.cuda_graph_config.decode.backend == "full"  # the user's choice stays
+    args = SimpleNamespace(cuda_graph_backend_prefill=None, cuda_graph_backend_decode=None,
+                           cuda_graph_config=default_cuda_graph_config())
+    p.apply_server_args_defaults(args)  # unnamed: decode graphs (virtual CUDAGraph), eager prefill
+    assert args.cuda_graph_config.decode.backend == "full"
+    assert args.cuda_graph_config.prefill.backend == "disabled"
+    assert p.capabilities.graph_capture
+    assert p.get_graph_runner_cls().__name__ == "DecodeCudaGraphRunner"
 
 
 class _Mode:
@@ -147,3 +154,34 @@ def test_the_token_oracle_takes_the_models_vocabulary_and_leaves_out_its_eos(vcu
     assert o.vocab_size == 128256 and list(o.eos_ids) == [128001, 128008, 128009]
     ids = o.tokens(100000)
     assert ids.max() < 128256 and not set(ids.tolist()) & {128001, 128008, 128009}
+
+
+def test_a_replayed_decode_graph_launches_attention_with_its_own_steps_batch(
+        vcuda: Any, link: RecordingLink) -> None:
+    from revati.adapters.sglang import attention
+
+    pool = SimpleNamespace(set_kv_buffer=lambda layer, loc, k, v: None)
+    backend = attention.RevatiAttnBackend(SimpleNamespace(device="cuda", token_to_kv_pool=pool))
+    backend.init_cuda_graph_state(4, 4)
+    layer = SimpleNamespace(tp_q_head_num=32, tp_k_head_num=8, head_dim=128, v_head_dim=128)
+    q = torch.empty(2, 32 * 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.empty(2, 8 * 128, device="cuda", dtype=torch.bfloat16)
+
+    def step(kv: list[int], in_capture: bool = False) -> Any:
+        fb = SimpleNamespace(forward_mode=_Mode(True), seq_lens_cpu=torch.tensor(kv),
+                             out_cache_loc=torch.arange(2, device="cuda"))
+        backend.init_forward_metadata_out_graph(fb, in_capture=in_capture)
+        return fb
+
+    fill = backend.get_cuda_graph_seq_len_fill_value()
+    fb = step([fill, fill], in_capture=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        backend.forward_decode(q, k, k, layer, fb)
+    assert not [e for e in graph.events if e.family == Family.ATTENTION]  # a dynamic node
+    for kv in ([100, 7], [300, 9]):
+        step(kv)
+        n = len(link.launches)
+        graph.replay()
+        attn = [e for e in link.launches[n:] if e.family == Family.ATTENTION]
+        assert [e.feats[:5] for e in attn] == [(2, 2, sum(kv), max(kv), kv[0]**2 + kv[1]**2)]
