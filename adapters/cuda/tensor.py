@@ -741,6 +741,14 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def run_python_impl(op: str, impl: Callable[..., Any]) -> None:
+    """Run framework op `op` ("ns::name") on virtual tensors through its Python
+    implementation `impl` instead of its shape-only fake: for opaque custom ops that wrap a
+    whole layer (vLLM's fused MoE), so the layer's own kernels are seen. Register before the
+    op is first called."""
+    _HANDLERS[op] = lambda func, info, args, kwargs: impl(*args, **kwargs)
+
+
 # -- pinned host memory (the CPU-only build has no pinned allocator; nor has a driverless GPU
 # build). Pinned-ness matters for one thing: a non-blocking copy into pinned memory does not
 # make the host wait. Storages are remembered by address while their tensor lives.

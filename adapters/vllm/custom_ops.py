@@ -6,7 +6,8 @@ their `forward_native` instead, a dozen element-wise launches each. These stand-
 MEMORY launch with the bytes the fused kernel moves and return outputs of the right shape
 (values of activations are never computed). They attach at vLLM's seams: IR-op providers
 (`ir.ops.rms_norm.register_impl`) and the `forward_oot` method that CustomOp dispatch picks
-for an out-of-tree platform.
+for an out-of-tree platform. Unquantized fused MoE becomes its grouped GEMMs over the experts
+the step's tokens reach.
 """
 
 from __future__ import annotations
@@ -73,6 +74,30 @@ def _rotary(self: Any, positions: torch.Tensor, query: torch.Tensor,
     return query, key
 
 
+def _fused_moe(self: Any, layer: Any, x: torch.Tensor, topk_weights: torch.Tensor,
+               topk_ids: torch.Tensor, shared_experts: Any = None,
+               shared_experts_input: Any = None) -> torch.Tensor:
+    """An unquantized fused-MoE layer as its two grouped GEMMs, the gated activation and the
+    weighted combine. Only the experts the step's tokens route to read their weights: with T
+    tokens each picking k of E experts, about E (1 - (1 - k/E)^T) of them."""
+    if shared_experts is not None:  # not a layout the stand-in models: run vLLM's own path
+        return self.forward_native(layer, x, topk_weights, topk_ids, shared_experts,
+                                   shared_experts_input)
+    experts, two_inter, hidden = layer.w13_weight.shape  # w2: [experts, hidden, inter]
+    tokens, k = topk_ids.shape
+    routed = tokens * k
+    touched = max(1, min(experts, round(experts * (1 - (1 - k / experts) ** tokens))))
+    rows = -(-routed // touched)  # tokens per touched expert, rounded up
+    dtype, dev = dtype_name(x.dtype), x.device.index or 0
+    launch(Family.GEMM, "vllm::fused_moe_w13", dtype, (rows, two_inter, hidden, touched), dev)
+    act = routed * two_inter // 2
+    _memory("vllm::silu_and_mul", x, 3 * act * x.element_size(), act)
+    launch(Family.GEMM, "vllm::fused_moe_w2", dtype, (rows, hidden, two_inter // 2, touched),
+           dev)
+    _memory("vllm::moe_sum", x, (routed + tokens) * hidden * x.element_size(), tokens * hidden)
+    return torch.empty_like(x)
+
+
 # -- torch.ops._C ops that vLLM's runner calls directly (the compiled extension is not loaded)
 _LIB: torch.library.Library | None = None
 
@@ -82,6 +107,23 @@ def _weak_ref_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.view(t.shape)
 
 
+def _topk_routing(topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                  token_expert_indices: torch.Tensor, gating_output: torch.Tensor,
+                  renormalize: bool = False, e_score_correction_bias: Any = None,
+                  is_padding: Any = None) -> None:
+    # MoE routing: reads the router logits, writes each token's k expert ids and weights
+    _memory("vllm::topk_softmax", gating_output,
+            _bytes(gating_output, topk_weights, topk_ids, token_expert_indices),
+            gating_output.numel())
+
+
+_ROUTING = ("topk_softmax", "topk_sigmoid", "topk_softplus_sqrt")
+_ROUTING_SCHEMA = ("(Tensor(a!) topk_weights, Tensor(b!) topk_ids, "
+                   "Tensor(c!) token_expert_indices, Tensor gating_output, bool renormalize, "
+                   "Tensor? e_score_correction_bias, Tensor? is_padding) -> ()")
+_LIBS: list[torch.library.Library] = []
+
+
 def register_c_ops() -> None:
     global _LIB
     if _LIB is not None:
@@ -89,15 +131,34 @@ def register_c_ops() -> None:
     _LIB = torch.library.Library("_C", "FRAGMENT")
     _LIB.define("weak_ref_tensor(Tensor(a) input) -> Tensor(a)")
     _LIB.impl("weak_ref_tensor", _weak_ref_tensor, "CompositeImplicitAutograd")
+    moe = torch.library.Library("_moe_C", "FRAGMENT")
+    for name in _ROUTING:
+        moe.define(name + _ROUTING_SCHEMA)
+        moe.impl(name, _topk_routing, "CompositeImplicitAutograd")
+    _LIBS.append(moe)
 
 
 def install() -> None:
     """Attach the stand-ins; runs before the model is built, in each worker process."""
     from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
+        UnquantizedFusedMoEMethod,
+    )
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
     register_ir()
     register_c_ops()
+    UnquantizedFusedMoEMethod.forward_oot = _fused_moe
+    # An out-of-tree platform gets no kernel object ("OOT handles internally"), so the layer
+    # cannot ask it whether it routes by itself: it does not, the stand-in takes routed ids
+    UnquantizedFusedMoEMethod.is_monolithic = False
+    # vLLM wraps each MoE layer in one opaque op; run its body so the stand-in above is seen
+    from vllm.model_executor.layers.fused_moe.runner import moe_runner
+
+    from revati.adapters.cuda import tensor
+
+    tensor.run_python_impl("vllm::moe_forward", moe_runner._moe_forward)
+    tensor.run_python_impl("vllm::moe_forward_shared", moe_runner._moe_forward_shared)
     SiluAndMul.forward_oot = _silu_and_mul
     # Subclasses (Llama 3's scaled rope, YaRN, ...) differ only in their cos/sin cache.
     RotaryEmbedding.forward_oot = _rotary
