@@ -38,10 +38,12 @@ def _memory(op: str, like: torch.Tensor, moved: int, elements: int) -> None:
 def rms_norm(self: Any, x: torch.Tensor, residual: torch.Tensor | None = None,
              post_residual_addition: torch.Tensor | None = None,
              quant_linear: Any = None) -> Any:
-    if (quant_linear is not None or self._quant_linear is not None
-            or self.variance_size_override is not None or x.numel() == 0):
-        # fused FP8 quantization, partial-width variance, empty batches: SGLang's own paths
-        return self.forward_native(x, residual, post_residual_addition, quant_linear)
+    # `quant_linear` (Llama sets one on every layer norm, `fuse_input_quant`) only matters to
+    # FP8 checkpoints, where the fused kernel also quantizes; like forward_native, the stand-in
+    # returns the unquantized output and the projection quantizes it.
+    if self.variance_size_override is not None or x.numel() == 0:
+        # partial-width variance, empty batches: SGLang's own paths
+        return self.forward_native(x, residual, post_residual_addition)
     weight = self.weight if self.has_weight else None
     if residual is None:
         out = torch.empty(x.shape, device=x.device, dtype=x.dtype)

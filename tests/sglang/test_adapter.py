@@ -123,6 +123,7 @@ def test_fused_op_stand_ins_emit_one_launch_each(vcuda: Any, link: RecordingLink
 
     h, t = 4096, 8
     norm = RMSNorm(h, weight_dtype=torch.bfloat16).to("cuda")
+    norm.fuse_input_quant(torch.nn.Linear(1, 1))  # as Llama does for every layer norm
     x = torch.empty(t, h, device="cuda", dtype=torch.bfloat16)
     res = torch.empty(t, h, device="cuda", dtype=torch.bfloat16)
     rope = SimpleNamespace(rotary_dim=128)
