@@ -167,15 +167,20 @@ class VirtualClock:
         while True:
             with self._lock:
                 due = []
+                popped = False
                 now = self.now_ns()
                 while self._callbacks and self._callbacks[0][0] <= now:
                     _, token, callback = heapq.heappop(self._callbacks)
+                    popped = True
                     if token in self._cancelled:
                         self._cancelled.discard(token)
                     else:
                         due.append(callback)
-                if due:
-                    self._publish()
+                while self._callbacks and self._callbacks[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._callbacks)[1])
+                    popped = True
+                if popped:  # a cancelled deadline must leave the slot too, or the timekeeper
+                    self._publish()  # keeps "jumping" to it and waits for a wake that never comes
                 target = self._callbacks[0][0] if self._callbacks else NO_DEADLINE
                 self._waker_target = target
                 seen = self.page.wake_word()

@@ -55,6 +55,22 @@ def sleeper(seconds: str) -> dict:
     return {"asked": float(seconds), "slept": time.monotonic() - t0, "woke_at": time.monotonic()}
 
 
+def cancelled_timer(seconds: str) -> dict:
+    """A wake-up at 10 ms fires, one at 20 ms is cancelled while not first in line, then the
+    program sleeps: the cancelled deadline must not hold the session (it once left the
+    timekeeper jumping to it forever)."""
+    from revati.adapters import session
+
+    clock = session.member().clock
+    t0 = clock.now_ns()
+    fired = []
+    clock.call_at(t0 + 10_000_000, lambda: fired.append(clock.now_ns() - t0))
+    late = clock.call_at(t0 + 20_000_000, lambda: fired.append(-1))
+    clock.cancel(late)
+    time.sleep(float(seconds))
+    return {"fired": fired, "virtual_s": (clock.now_ns() - t0) / 1e9}
+
+
 def freeze_burn(ms: str) -> dict:
     """Burn CPU inside a freeze; the session clock must not move."""
     from revati.adapters.clock import _vclock

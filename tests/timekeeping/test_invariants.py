@@ -82,3 +82,10 @@ def test_unhooked_wait_falls_back_and_finishes(daemon: Daemon) -> None:
 def test_dilation_scales_real_work(daemon: Daemon) -> None:
     out, _ = run_program(daemon, "spin_real", "200", options=("--cpu-dilation", "2"))
     assert abs(out["virtual_ms"] - 2 * out["real_ms"]) < 0.1 * out["real_ms"]
+
+
+def test_a_cancelled_wake_up_does_not_hold_the_clock(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "cancelled_timer", "0.05")
+    assert len(out["fired"]) == 1 and 10_000_000 <= out["fired"][0] < 11_000_000
+    assert out["virtual_s"] >= 0.05
+    assert summary["counters"]["wall_s"] < 10
