@@ -15,7 +15,6 @@ calls `init_forward_metadata_out_graph` before capture and before each replay wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,37 +22,12 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from revati.adapters.cuda import graphs, launch, streams
+from revati.adapters.attention_batch import AttentionBatch, batch_of, launch_attention
+from revati.adapters.cuda import graphs, streams
 from revati.adapters.cuda.ops import dtype_name
-from revati.predictors.launch import Family
 
 NAME = "revati"
 ATTENTION_OP = "sglang::flash_attn_with_kvcache"  # FlashAttention-3, SGLang's Hopper default
-
-Part = tuple[int, int, int, int, int]  # (num_seqs, q_tokens, kv_sum, kv_max, kv_sq_sum)
-
-
-def _part(q: np.ndarray, kv: np.ndarray) -> Part | None:
-    if len(q) == 0:
-        return None
-    kv = kv.astype(np.int64)
-    return (len(q), int(q.sum()), int(kv.sum()), int(kv.max()), int((kv * kv).sum()))
-
-
-@dataclass
-class Batch:
-    """One step's batch as the attention kernels see it: the decode rows and the prefill rows
-    (None where there are none), each costed as its own kernel."""
-
-    decode: Part | None
-    prefill: Part | None
-
-
-def batch_of(q_lens: np.ndarray, kv_lens: np.ndarray) -> Batch:
-    is_decode = q_lens <= 1
-    return Batch(_part(q_lens[is_decode], kv_lens[is_decode]),
-                 _part(q_lens[~is_decode], kv_lens[~is_decode]))
-
 
 def _host(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -66,7 +40,7 @@ class RevatiAttnBackend(AttentionBackend):
         super().__init__()
         self.device = model_runner.device
         self.token_to_kv_pool = model_runner.token_to_kv_pool
-        self.batch: Batch | None = None
+        self.batch: AttentionBatch | None = None
 
     def init_forward_metadata(self, forward_batch: Any) -> None:
         self.init_forward_metadata_out_graph(forward_batch)
@@ -91,9 +65,9 @@ class RevatiAttnBackend(AttentionBackend):
         heads = (layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim)
         dtype, dev = dtype_name(q.dtype), q.device.index or 0
         if streams.current_stream().capture is None:
-            _launch(self.batch, dtype, dev, heads)
+            launch_attention(self.batch, ATTENTION_OP, dtype, dev, heads)
         else:  # in a CUDA graph: each replay launches with the batch of its own step
-            graphs.dynamic(lambda: _launch(self.batch, dtype, dev, heads))
+            graphs.dynamic(lambda: launch_attention(self.batch, ATTENTION_OP, dtype, dev, heads))
         return q.new_empty(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
 
     # -- CUDA graphs: no device-side metadata to keep at fixed addresses
@@ -112,14 +86,6 @@ class RevatiAttnBackend(AttentionBackend):
                        forward_batch: Any, save_kv_cache: bool = True, **kwargs: Any,
                        ) -> torch.Tensor:
         return self._emit(q, k, v, layer, forward_batch, save_kv_cache)
-
-
-def _launch(b: Batch | None, dtype: str, dev: int, heads: tuple[int, int, int]) -> None:
-    if b is None:
-        return
-    for part in (b.decode, b.prefill):
-        if part is not None:
-            launch(Family.ATTENTION, ATTENTION_OP, dtype, (*part, *heads, 1), dev)
 
 
 def register() -> None:

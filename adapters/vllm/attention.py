@@ -8,7 +8,6 @@ pre-allocated output as it is: values of activations are never computed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +22,7 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
+from revati.adapters.attention_batch import AttentionBatch, batch_of, launch_attention
 from revati.adapters.cuda import graphs, launch, streams
 from revati.adapters.cuda.ops import dtype_name
 from revati.predictors.launch import Family
@@ -67,27 +67,7 @@ class RevatiAttentionBackend(AttentionBackend):
         return True
 
 
-@dataclass
-class Batch:
-    """One step's batch, as the attention kernels see it: (num_seqs, q_tokens, kv_sum,
-    kv_max, kv_sq_sum) of the decode rows and of the prefill rows (None where there are
-    none). FlashAttention runs a mixed batch as one varlen kernel whose cost is that of its
-    decode and prefill parts; the predictors model each part best on its own."""
-
-    num_actual_tokens: int
-    decode: tuple[int, int, int, int, int] | None
-    prefill: tuple[int, int, int, int, int] | None
-    causal: bool
-
-
-def _part(q: np.ndarray, kv: np.ndarray) -> tuple[int, int, int, int, int] | None:
-    if len(q) == 0:
-        return None
-    kv = kv.astype(np.int64)
-    return (len(q), int(q.sum()), int(kv.sum()), int(kv.max()), int((kv * kv).sum()))
-
-
-class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[Batch]):
+class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[AttentionBatch]):
     # Replays of a captured graph re-emit attention with each step's batch (graphs.py).
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
 
@@ -97,17 +77,13 @@ class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[Batch]):
         self._init_reorder_batch_threshold(1)
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
-              fast_build: bool = False) -> Batch:
+              fast_build: bool = False) -> AttentionBatch:
         cm = common_attn_metadata
         n = cm.num_reqs
-        qsl = cm.query_start_loc_cpu[: n + 1].numpy()
-        q = np.diff(qsl)
+        q = np.diff(cm.query_start_loc_cpu[: n + 1].numpy())
         kv_t = cm.seq_lens_cpu_upper_bound
         kv = kv_t[:n].numpy() if kv_t is not None else q
-        is_decode = q == 1
-        is_prefill = q > 1  # rows padding a graph's batch have no query tokens
-        batch = Batch(int(qsl[-1]), _part(q[is_decode], kv[is_decode]),
-                      _part(q[is_prefill], kv[is_prefill]), bool(cm.causal))
+        batch = batch_of(q, kv, bool(cm.causal))
         current.batch = batch
         return batch
 
@@ -115,13 +91,13 @@ class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[Batch]):
 class _Current:
     """The batch of the step being built: a replayed graph re-emits attention with it."""
 
-    batch: Batch | None = None
+    batch: AttentionBatch | None = None
 
 
 current = _Current()
 
 
-class RevatiAttentionImpl(AttentionImpl[Batch]):
+class RevatiAttentionImpl(AttentionImpl[AttentionBatch]):
     def __init__(self, num_heads: int, head_size: int, scale: float,
                  num_kv_heads: int | None = None, alibi_slopes: list[float] | None = None,
                  sliding_window: int | None = None, kv_cache_dtype: str = "auto",
@@ -137,7 +113,7 @@ class RevatiAttentionImpl(AttentionImpl[Batch]):
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
 
     def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                kv_cache: torch.Tensor, attn_metadata: Batch, output: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: AttentionBatch, output: torch.Tensor,
                 output_scale: torch.Tensor | None = None,
                 output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
         if attn_metadata is None:  # profiling run without KV caches
@@ -153,16 +129,15 @@ class RevatiAttentionImpl(AttentionImpl[Batch]):
         return output
 
 
-def emit(b: Batch, dtype: str, dev: int, n_heads: int, n_kv_heads: int, head_dim: int,
-         write_kv: bool, kv_dtype: str) -> None:
+def emit(b: AttentionBatch | None, dtype: str, dev: int, n_heads: int, n_kv_heads: int,
+         head_dim: int, write_kv: bool, kv_dtype: str) -> None:
     """The kernels one attention layer launches for batch `b`."""
+    if b is None:
+        return
     if write_kv:
-        elements = b.num_actual_tokens * n_kv_heads * head_dim
+        elements = b.num_tokens * n_kv_heads * head_dim
         itemsize = 1 if kv_dtype in ("fp8", "int8") else 2
         # K and V read once and written once into their cache slots
         launch(Family.MEMORY, KV_WRITE_OP, dtype, (4 * elements * itemsize, 2 * elements),
                dev)
-    for part in (b.decode, b.prefill):
-        if part is not None:
-            launch(Family.ATTENTION, ATTENTION_OP, dtype,
-                   (*part, n_heads, n_kv_heads, head_dim, int(b.causal)), dev)
+    launch_attention(b, ATTENTION_OP, dtype, dev, (n_heads, n_kv_heads, head_dim))
