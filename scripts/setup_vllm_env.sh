@@ -9,7 +9,7 @@
 # Result: vllm==0.32.0 on the CPU build of torch==2.13.0, without torchvision / torchaudio /
 # torchcodec (PyPI's builds of them are CUDA builds that do not load beside torch 2.13.0+cpu;
 # vLLM's text-only import path does not need them), and this repository installed editable.
-# See docs/vllm-env.md.
+# See docs/vllm.md.
 #
 # Idempotent: a marker file in the venv records the pinned versions, the checkout and a hash of
 # its packaging files. When it matches and the installed versions agree, nothing is installed.
@@ -18,7 +18,7 @@ set -euo pipefail
 
 VLLM_VERSION="0.32.0"
 TORCH_VERSION="2.13.0"
-# Installed by vLLM's requirements but unusable beside the CPU build of torch (see docs).
+# Installed by vLLM's requirements but unusable beside the CPU build of torch (see docs/vllm.md).
 BROKEN_BESIDE_CPU_TORCH=(torchvision torchaudio torchcodec)
 MARKER_SCHEMA="1"
 
