@@ -76,8 +76,11 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
                    "--input-len", str(args.input_len), "--output-len", str(args.output_len)]
         if tp > 1:
             command += ["--", "--tensor-parallel-size", str(tp)]
+        # linger: the session outlives its last process while the trace of a long run is
+        # serialised (revatid's default, 5 s, can pass before the stop request arrives)
         session = create(args.gpu, tp, {"seed": args.seed, "name": f"demo-{args.framework}",
-                                         "rate": args.cpu_dilation, "cpus": args.host_cpus})
+                                         "rate": args.cpu_dilation, "cpus": args.host_cpus,
+                                         "linger_s": 120.0})
         code = subprocess.run(command, env=hook_env(sock, session["id"])).returncode
         if args.trace:
             trace(session["id"], args.trace)
