@@ -55,6 +55,15 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d.stop()
 
 
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One revatid for a module of slow integration tests (the serving suites)."""
+    tmp = tmp_path_factory.mktemp("revatid")
+    d = start_daemon(tmp / "revatid.sock", tmp / "revatid.log")
+    yield d
+    d.stop()
+
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -8,11 +8,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import REVATICTL, Daemon, start_daemon
+from tests.conftest import REVATICTL, Daemon
 
 pytest.importorskip("sglang", reason="needs the SGLang environment (scripts/setup_sglang_env.sh)")
 pytestmark = [pytest.mark.sglang, pytest.mark.slow]
@@ -21,21 +20,13 @@ NUM_PROMPTS, OUTPUT_LEN = 4, 24
 
 
 @pytest.fixture(scope="module")
-def daemon_m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("revatid")
-    d = start_daemon(tmp / "revatid.sock", tmp / "revatid.log")
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
-def serve(daemon_m: Daemon, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def serve(module_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     """Llama-3.1-8B on one virtual H100: a few seeded random-ids requests (64 in, 24 out)."""
     tmp = tmp_path_factory.mktemp("serve")
     out = tmp / "demo.json"
     env = {**os.environ, "REVATI_SGLANG_PYTHON": sys.executable}
     proc = subprocess.run(
-        [*REVATICTL, "--socket", str(daemon_m.socket), "demo", "--framework", "sglang",
+        [*REVATICTL, "--socket", str(module_daemon.socket), "demo", "--framework", "sglang",
          "--json", str(out), "--num-prompts", str(NUM_PROMPTS), "--request-rate", "1",
          "--seed", "7", "--input-len", "64", "--output-len", str(OUTPUT_LEN)],
         capture_output=True, text=True, timeout=1800, env=env)

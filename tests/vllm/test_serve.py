@@ -8,13 +8,12 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REVATICTL, Daemon, start_daemon
+from tests.conftest import REVATICTL, Daemon
 
 pytest.importorskip("vllm", reason="needs the vLLM environment (scripts/setup_vllm_env.sh)")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -44,17 +43,9 @@ def run_demo(daemon: Daemon, tmp: Path, *options: str, trace: bool = True) -> De
 
 
 @pytest.fixture(scope="module")
-def daemon_m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("revatid")
-    d = start_daemon(tmp / "revatid.sock", tmp / "revatid.log")
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
-def serve_200(daemon_m: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Demo:
+def serve_200(module_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Demo:
     """Llama-3.1-8B on one virtual H100: 200 random requests (512 in, 128 out) at 4 req/s."""
-    return run_demo(daemon_m, tmp_path_factory.mktemp("serve200"), "--num-prompts", "200",
+    return run_demo(module_daemon, tmp_path_factory.mktemp("serve200"), "--num-prompts", "200",
                     "--request-rate", "4", trace=False)
 
 
@@ -112,12 +103,12 @@ def test_kv_cache_blocks_follow_the_virtual_allocator(serve_200: Demo) -> None:
     assert tokens % 16 == 0
 
 
-def test_decode_step_at_batch_one_is_bound_by_weight_bytes(daemon_m: Daemon,
+def test_decode_step_at_batch_one_is_bound_by_weight_bytes(module_daemon: Daemon,
                                                            tmp_path: Path) -> None:
     """Physics: one decode step reads every weight once, 16 GB at 3.35 TB/s, about 4.8 ms. The
     step's kernels (its graph) must take within 25% of that; TPOT adds the sampler and the host
     work between steps (vLLM on a real H100 reports 6.2-6.7 ms for this model at batch 1)."""
-    demo = run_demo(daemon_m, tmp_path, "--num-prompts", "3", "--request-rate", "0.2",
+    demo = run_demo(module_daemon, tmp_path, "--num-prompts", "3", "--request-rate", "0.2",
                     "--output-len", "64")
     steps = [e["dur"] / 1e3 for e in demo.trace
              if e.get("ph") == "X" and e.get("name") == "cuda_graph"]
@@ -129,8 +120,8 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(daemon_m: Daemon,
     assert step_ms <= tpot < 1.5 * bound_ms
 
 
-def test_tensor_parallel_two_rendezvous_collectives(daemon_m: Daemon, tmp_path: Path) -> None:
-    demo = run_demo(daemon_m, tmp_path, "--tp", "2", "--num-prompts", "6",
+def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_path: Path) -> None:
+    demo = run_demo(module_daemon, tmp_path, "--tp", "2", "--num-prompts", "6",
                     "--request-rate", "4", "--output-len", "32")
     assert demo.result["completed"] == 6 and demo.result["num_gpus"] == 2
     # prefills of 513 tokens run eager (past the largest graph): their all-reduces meet in
