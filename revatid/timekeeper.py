@@ -120,6 +120,15 @@ class Timekeeper:
                     return False
             elif self.proc_check and m.watch.runnable():
                 return False
+        return True
+
+    def _unchanged(self, quiet: Quiet) -> bool:
+        """The slots have not moved since `quiet` was read: a participant woken after that may
+        already sleep again by the time the kernel is asked (in a frozen request to this very
+        daemon, say, its message to us unread), so the kernel's answer alone is not enough."""
+        again = self._slots()
+        if again is None or again.activity != quiet.activity or again.deadline != quiet.deadline:
+            return False
         self.decisions.update("proc" if r else "hook" for r in quiet.running)
         return True
 
@@ -132,8 +141,9 @@ class Timekeeper:
             if self._soon:
                 self._confirm = self.loop.call_later(self.grace_s, self._retry)
             return
-        if self.grace_s <= 0 and self._kernel_agrees(quiet):
-            self._jump(quiet.deadline)
+        if self.grace_s <= 0:
+            if self._kernel_agrees(quiet) and self._unchanged(quiet):
+                self._jump(quiet.deadline)
             return
         self._confirm = self.loop.call_later(self.grace_s, self._confirmed, quiet,
                                              self.grace_s)
@@ -151,11 +161,13 @@ class Timekeeper:
             return
         if quiet.activity != before.activity or quiet.deadline != before.deadline:
             self.check()
-        elif self._kernel_agrees(quiet):
-            self._jump(quiet.deadline)
-        else:  # some thread still runs: look again, less and less often
+        elif not self._kernel_agrees(quiet):  # some thread still runs: look again, less often
             delay = min(2 * delay, WATCH_PERIOD_NS / 1e9)
             self._confirm = self.loop.call_later(delay, self._confirmed, quiet, delay)
+        elif self._unchanged(quiet):
+            self._jump(quiet.deadline)
+        else:
+            self.check()
 
     def _jump(self, target: int) -> None:
         for m in self.members():

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from revati.revatid.ctl import hook_env
 from revati.revatid.demo import md1
 from tests.conftest import REVATICTL, Daemon, revatictl_run
@@ -19,11 +21,13 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def test_md1_latencies_match_the_analytic_queue(daemon: Daemon) -> None:
+# Seed 9 caught a jump taken while a woken actor's request to revatid was still unread.
+@pytest.mark.parametrize("seed", [7, 9, 11])
+def test_md1_latencies_match_the_analytic_queue(daemon: Daemon, seed: int) -> None:
     """200 requests, Poisson arrivals (mean gap 50 ms, seeded), 20 ms of virtual GPU time each:
     the client's latencies are the M/D/1 queue's."""
     result, summary = revatictl_run(
-        daemon, [sys.executable, md1.__file__, "200", "7", "0.05"],
+        daemon, [sys.executable, md1.__file__, "200", str(seed), "0.05"],
         "--fixed-ns", str(int(SERVICE_S * 1e9)))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -31,12 +35,11 @@ def test_md1_latencies_match_the_analytic_queue(daemon: Daemon) -> None:
     measured = out["latencies"]
     assert len(measured) == 200 and all(m > 0 for m in measured)
     # p50 sits on requests that found the server idle: 20 ms plus the scenario's own four
-    # asyncio hops of real Python work (~120 us here), which virtual time rightly keeps;
-    # measured 1.6-2.2% on an idle 2-core host, hence 3% (the issue asks 2%: see README).
-    tolerance = {0.5: 0.03, 0.99: 0.02}
+    # asyncio hops of real Python work (~80 us here), which virtual time rightly keeps;
+    # measured 0.5-1.1% on an idle 2-core host, under 1.5% with both cores busy elsewhere.
     for q in (0.5, 0.99):
         want, got = quantile(expected, q), quantile(measured, q)
-        assert abs(got - want) <= tolerance[q] * want, f"p{q * 100:g}: {got * 1e3:.3f} ms, " \
+        assert abs(got - want) <= 0.02 * want, f"p{q * 100:g}: {got * 1e3:.3f} ms, " \
             f"expected {want * 1e3:.3f} ms"
     counters = summary["counters"]
     assert counters["launches"] == 200
