@@ -28,6 +28,7 @@ from revati.adapters.clock._vclock import NO_DEADLINE, Page
 from revati.revatid.procwatch import ProcWatch
 
 WATCH_PERIOD_NS = 20_000_000  # re-check at least this often (for waits only /proc can see)
+JOIN_POLL_S = 0.001  # while a child has yet to join, look again this often
 
 
 class Member(Protocol):
@@ -88,8 +89,10 @@ class Timekeeper:
     # -- decisions
     def _slots(self) -> Quiet | None:
         """Quiescence as the slots tell it (shared-memory reads only). Sets self._soon when
-        what stands in the way passes by itself, with no poke to tell us."""
-        self._soon = True
+        what stands in the way passes by itself, with no poke to tell us (a child yet to
+        join). Whatever else stands in the way ends with a poke: the last freeze to end
+        while nobody runs, or the next wait of a participant about to wake."""
+        self._soon = False
         if self.page.freeze_stats()[0]:
             return None  # someone is inside Revati's own code
         members, activity, running = [], [], []
@@ -105,8 +108,8 @@ class Timekeeper:
             running.append(threads > 0)
             deadline = min(deadline, dl)
         if self.joining():
+            self._soon = True
             return None
-        self._soon = False
         if not members or deadline == NO_DEADLINE:
             return None
         return Quiet(deadline, tuple(activity), members, running)
@@ -139,7 +142,7 @@ class Timekeeper:
         quiet = self._slots()
         if quiet is None:
             if self._soon:
-                self._confirm = self.loop.call_later(self.grace_s, self._retry)
+                self._confirm = self.loop.call_later(JOIN_POLL_S, self._retry)
             return
         if self.grace_s <= 0:
             if self._kernel_agrees(quiet) and self._unchanged(quiet):
@@ -157,7 +160,7 @@ class Timekeeper:
         quiet = self._slots()
         if quiet is None:
             if self._soon:
-                self._confirm = self.loop.call_later(self.grace_s, self._retry)
+                self._confirm = self.loop.call_later(JOIN_POLL_S, self._retry)
             return
         if quiet.activity != before.activity or quiet.deadline != before.deadline:
             self.check()

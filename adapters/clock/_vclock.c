@@ -327,6 +327,15 @@ static inline void running_step(freeze_hdr *f, int delta) {
     else if (before > 0 && f->running <= 0) freeze_step(f, 1);
 }
 
+/* Wake revatid's watcher thread. */
+static void poke_quiesce(freeze_hdr *f) {
+    __atomic_add_fetch(&f->quiesce, 1, __ATOMIC_ACQ_REL);
+    futex(&f->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+}
+
+/* Freezes held now, the idle freeze not counted (read under f->lock). */
+static inline uint32_t held_freezes(freeze_hdr *f) { return f->count - (f->running <= 0); }
+
 static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
     spin_lock(&f->lock);
@@ -346,7 +355,9 @@ static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
     }
     freeze_step(f, -1);
     if (self->my_slot >= 0) self->slots[self->my_slot].freezes--;
+    int quiet = f->running <= 0 && held_freezes(f) == 0;
     spin_unlock(&f->lock);
+    if (quiet) poke_quiesce(f);  /* everyone waits, and now nobody is inside Revati */
     Py_RETURN_NONE;
 }
 
@@ -495,8 +506,7 @@ static PyObject *Page_wait_quiesce(PageObject *self, PyObject *args) {
 }
 
 static PyObject *Page_poke_quiesce(PageObject *self, PyObject *unused) {
-    __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
-    futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+    poke_quiesce(self->frz);
     Py_RETURN_NONE;
 }
 
@@ -515,14 +525,16 @@ static slot_t *slot_arg(PageObject *self, int i) {
     return &self->slots[i];
 }
 
-/* Wake revatid's watcher, but only when no participant runs: the last one to wait pokes. */
+/* Wake revatid's watcher, but only when no participant runs: the last one to wait pokes.
+ * While some participant is inside a freeze, the timekeeper could not jump anyway: the last
+ * freeze to end pokes instead (Page_freeze_exit), so that revatid never polls. */
 static void poke_if_quiet(PageObject *self) {
     for (int i = 0; i < MAX_SLOTS; i++) {
         slot_t *s = &self->slots[i];
         if (LOAD(&s->pid) && LOAD(&s->running) > 0) return;
     }
-    __atomic_add_fetch(&self->frz->quiesce, 1, __ATOMIC_ACQ_REL);
-    futex(&self->frz->quiesce, FUTEX_WAKE, INT32_MAX, NULL);
+    if (LOAD(&self->frz->count) > 1) return;  /* frozen beyond the idle freeze */
+    poke_quiesce(self->frz);
 }
 
 static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {

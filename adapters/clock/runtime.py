@@ -50,6 +50,7 @@ class VirtualClock:
         self.now_ns = self.page.now
         self.rate_hint = 1.0
         self._lock = threading.Lock()
+        self._local = threading.local()  # .depth: hooked waits the thread is inside
         self._deadlines: dict[int, int] = {}  # wait token -> virtual deadline
         self._tokens = itertools.count()
         self._published = NO_DEADLINE
@@ -63,6 +64,7 @@ class VirtualClock:
         """In a forked child: take a slot of its own; only the forking thread runs."""
         self.slot = slot
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._deadlines.clear()
         self._callbacks.clear()
         self._cancelled.clear()
@@ -93,23 +95,34 @@ class VirtualClock:
 
     def wait_begin(self, deadline: int = NO_DEADLINE) -> int:
         """The calling thread starts waiting (for I/O, a lock, or until `deadline` virtual
-        ns). Returns a token for wait_end. The bookkeeping is Revati's, so it is frozen."""
+        ns). Returns a token for wait_end. The bookkeeping is Revati's, so it is frozen.
+        Waits nest (communicate() waits in Popen.wait, a selector inside communicate): only
+        the outermost one stops the thread counting as running."""
         token = next(self._tokens)
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
         page = self.page
         page.freeze_enter()
         with self._lock:
             if deadline != NO_DEADLINE:
                 self._deadlines[token] = deadline
                 self._publish()
-            page.slot_running(self.slot, -1)
+            if not depth:
+                page.slot_running(self.slot, -1)
         page.freeze_exit()
         return token
 
     def wait_end(self, token: int) -> None:
+        local = self._local
+        # 0: a wait begun before a fork, ended in the child (whose slot counts it running)
+        depth = getattr(local, "depth", 0)
+        local.depth = max(depth - 1, 0)
         page = self.page
         page.freeze_enter()
         with self._lock:
-            page.slot_running(self.slot, 1)
+            if depth == 1:
+                page.slot_running(self.slot, 1)
             if self._deadlines.pop(token, None) is not None:
                 self._publish()
         page.freeze_exit()

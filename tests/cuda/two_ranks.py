@@ -1,7 +1,8 @@
 """Two ranks meet at an all-reduce on virtual GPUs; rank 1 arrives 50 ms (virtual) later.
 
     python two_ranks.py            start both ranks (under `revatictl run`)
-    python two_ranks.py RANK PORT  one rank; prints "rank R arrived A done D" (seconds)
+    python two_ranks.py RANK PORT  one rank; prints "rank R arrived A at T done D": A seconds
+                                   after its own start, at session time T, done at D
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ def rank(r: int, port: int) -> None:
     if r == 1:
         time.sleep(LATE_S)
     arrived = time.monotonic() - t0
+    arrived_at = time.monotonic()
     dist.all_reduce(x)
     torch.cuda.synchronize()
+    done_at = time.monotonic()  # on the session clock, which both ranks share
     # One write(2) per line: both ranks share the pipe, and print() may split a line in two.
-    os.write(1, f"rank {r} arrived {arrived:.6f} done {time.monotonic() - t0:.6f}\n".encode())
+    os.write(1, f"rank {r} arrived {arrived:.6f} at {arrived_at:.6f} done {done_at:.6f}\n"
+             .encode())
     dist.destroy_process_group()
 
 
