@@ -7,6 +7,7 @@ runtime.VirtualClock) so that the timekeeper can jump when every participant wai
 
 Covered: time.time/monotonic/perf_counter (and _ns), time.sleep, datetime.now/utcnow/today,
 threading waits with timeouts (Condition, hence Event, Semaphore, Barrier, queue.Queue),
+queue.SimpleQueue (hence idle ThreadPoolExecutor workers),
 Thread.join, subprocess waits and communicate, blocking socket receives and os.read,
 selectors (hence asyncio, whose loops the waker thread wakes at their virtual deadline),
 uvloop (replaced by the standard loop, whose clock can be virtualised) and zmq polls.
@@ -14,6 +15,7 @@ uvloop (replaced by the standard loop, whose clock can be virtualised) and zmq p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import selectors
@@ -31,8 +33,8 @@ from revati.adapters.postimport import when_imported
 _originals: dict[str, Any] = {}
 _clock: VirtualClock | None = None
 
-# Non-asyncio selectors and zmq polls cannot be woken from another thread; they wait in real
-# slices this long and re-read the clock between slices.
+# A timed queue get cannot watch a file descriptor: it waits in real slices this long and
+# re-reads the clock between them.
 POLL_SLICE_S = 0.001
 
 
@@ -59,6 +61,7 @@ def install(clock: VirtualClock) -> None:
     _install_time(clock)
     _install_datetime(clock)
     _install_threading(clock)
+    _install_simple_queue(clock)
     _install_subprocess(clock)
     _install_sockets(clock)
     _install_os_read(clock)
@@ -217,6 +220,42 @@ def _install_threading(clock: VirtualClock) -> None:
     threading.Thread.join = thread_join  # type: ignore[method-assign]
 
 
+def _install_simple_queue(clock: VirtualClock) -> None:
+    # queue.SimpleQueue is C: its blocking get (where every idle ThreadPoolExecutor worker
+    # sits) would look like a running thread. Queues made from here on are a subclass with a
+    # hooked get.
+    import _queue
+    import queue
+
+    base = _queue.SimpleQueue
+    base_get = base.get
+    empty = _queue.Empty
+
+    class SimpleQueue(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            if not block or (timeout is not None and timeout <= 0):
+                return base_get(self, block, timeout)
+            if timeout is None:
+                with clock.waiting():
+                    return base_get(self)
+
+            def once(real: float) -> tuple[bool, Any]:
+                try:
+                    return True, base_get(self, True, real)
+                except empty:
+                    return False, None
+
+            got, item = _sliced_wait(clock, timeout, once, lambda r: r[0])
+            if not got:
+                raise empty
+            return item
+
+    SimpleQueue.__module__ = "queue"
+    queue.SimpleQueue = SimpleQueue  # type: ignore[misc]
+
+
 def _install_subprocess(clock: VirtualClock) -> None:
     popen_wait = _keep("subprocess.Popen.wait", subprocess.Popen.wait)
 
@@ -279,13 +318,64 @@ def _install_sockets(clock: VirtualClock) -> None:
 
 def _sliced_wait(clock: VirtualClock, timeout: float, once: Callable[[float], Any],
                  ready: Callable[[Any], bool]) -> Any:
-    """Wait for I/O (`once(real_timeout)`) until ready or `timeout` virtual seconds pass."""
+    """Wait (`once(real_timeout)`) until ready or `timeout` virtual seconds pass."""
     deadline = _virtual_timeout_deadline(clock, timeout)
     with clock.waiting(deadline):
         while True:
             result = once(POLL_SLICE_S)
             if ready(result) or clock.now_ns() >= deadline:
                 return result
+
+
+class _AlarmFd:
+    """An eventfd that goes back to a free list, not closed, when its thread's storage dies:
+    a waker that fired just before its wait was cancelled may still write to it, and a closed
+    descriptor's number could by then belong to something else."""
+
+    free: list[int] = []
+
+    def __init__(self) -> None:
+        self.fd = self.free.pop() if self.free else os.eventfd(
+            0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:
+        if self.pid == os.getpid():
+            self.free.append(self.fd)
+
+
+class _Alarm(threading.local):
+    """A thread's own eventfd, which the waker thread makes readable at a virtual deadline: a
+    wait on file descriptors (a selector, a zmq poll) watches it too, sleeps without a real
+    timeout, and is woken at its virtual timeout however the clock got there (flow or jump)."""
+
+    held: _AlarmFd | None = None
+
+    def get(self) -> int:
+        held = self.held
+        if held is None or held.pid != os.getpid():  # new thread, or a forked copy of one
+            if held is not None and held.pid != os.getpid():
+                _AlarmFd.free.clear()  # the parent's descriptors: shared, not ours
+            held = self.held = _AlarmFd()
+        return held.fd
+
+
+_alarm = _Alarm()
+
+
+def _alarmed_wait(clock: VirtualClock, timeout: float, wait: Callable[[int], Any]) -> Any:
+    """`wait(fd)`: block on the caller's descriptors and `fd`, with no timeout; returns once
+    either is ready, `fd` becoming ready when `timeout` virtual seconds have passed."""
+    fd = _alarm.get()
+    token = clock.call_at(_virtual_timeout_deadline(clock, timeout),
+                          lambda: os.eventfd_write(fd, 1))
+    try:
+        with clock.waiting():
+            return wait(fd)
+    finally:
+        clock.cancel(token)
+        with contextlib.suppress(BlockingIOError):  # drained: the alarm may not have fired
+            os.eventfd_read(fd)
 
 
 def _install_selectors(clock: VirtualClock) -> None:
@@ -304,7 +394,15 @@ def _install_selectors(clock: VirtualClock) -> None:
                 if timeout is None:
                     with clock.waiting():
                         return _orig(self, None)
-                return _sliced_wait(clock, timeout, lambda t: _orig(self, t), bool)
+
+                def wait(fd: int) -> list:
+                    self.register(fd, selectors.EVENT_READ)
+                    try:
+                        return [e for e in _orig(self, None) if e[0].fd != fd]
+                    finally:
+                        self.unregister(fd)
+
+                return _alarmed_wait(clock, timeout, wait)
             _arm_loop_wakeup(clock, self, waker, timeout)
             token = clock.wait_begin()
             try:
@@ -373,8 +471,15 @@ def _install_zmq(clock: VirtualClock, zmq: Any) -> None:
                 return poller_poll(self, None)
         if timeout == 0:
             return poller_poll(self, 0)
-        return _sliced_wait(clock, timeout / 1000.0,
-                            lambda t: poller_poll(self, max(1, int(t * 1000))), bool)
+
+        def wait(fd: int) -> list:
+            self.register(fd, zmq.POLLIN)
+            try:
+                return [e for e in poller_poll(self, None) if e[0] != fd]
+            finally:
+                self.unregister(fd)
+
+        return _alarmed_wait(clock, timeout / 1000.0, wait)
 
     zmq.Poller.poll = poll
     socket_poll = _keep("zmq.Socket.poll", zmq.Socket.poll)
@@ -385,8 +490,14 @@ def _install_zmq(clock: VirtualClock, zmq: Any) -> None:
                 return socket_poll(self, None, flags)
         if timeout == 0:
             return socket_poll(self, 0, flags)
-        return _sliced_wait(clock, timeout / 1000.0,
-                            lambda t: socket_poll(self, max(1, int(t * 1000)), flags), bool)
+
+        def wait(fd: int) -> int:
+            poller = zmq.Poller()
+            poller.register(self, flags)
+            poller.register(fd, zmq.POLLIN)
+            return dict(poller_poll(poller, None)).get(self, 0)
+
+        return _alarmed_wait(clock, timeout / 1000.0, wait)
 
     zmq.Socket.poll = sock_poll
 

@@ -111,5 +111,71 @@ def unhooked_wait(seconds: str) -> dict:
     return {"virtual_s": time.monotonic() - t0}
 
 
+def timed_selects(rounds: str) -> dict:
+    """Selector waits with timeouts: some time out, some are woken by a thread that writes
+    after a virtual sleep. Each must end at its own virtual time, with no real-time polling."""
+    import selectors
+    import threading
+
+    r, w = os.pipe()
+    sel = selectors.DefaultSelector()
+    sel.register(r, selectors.EVENT_READ)
+    timed_out, woken = [], []
+    for i in range(int(rounds)):
+        t0 = time.monotonic()
+        if i % 2:
+            threading.Thread(target=lambda: (time.sleep(0.05), os.write(w, b"x"))).start()
+            events = sel.select(1.0)
+            os.read(r, 1)
+            woken.append((len(events), time.monotonic() - t0))
+        else:
+            timed_out.append((len(sel.select(0.2)), time.monotonic() - t0))
+    return {"timed_out": timed_out, "woken": woken}
+
+
+def select_while_busy(ms: str) -> dict:
+    """A selector times out while another thread computes (time flows at real rate): the
+    waiting thread must sleep through, not poll (its voluntary context switches)."""
+    import selectors
+    import threading
+
+    from revati.adapters.clock import _vclock
+
+    def switches() -> int:
+        with open(f"/proc/self/task/{threading.get_native_id()}/status") as f:
+            return next(int(line.split()[1]) for line in f
+                        if line.startswith("voluntary_ctxt_switches"))
+
+    def spin() -> None:
+        r0 = _vclock.real_monotonic_ns()
+        while _vclock.real_monotonic_ns() - r0 < float(ms) * 1.2e6:
+            pass
+
+    busy = threading.Thread(target=spin)
+    busy.start()
+    r, _w = os.pipe()
+    sel = selectors.DefaultSelector()
+    sel.register(r, selectors.EVENT_READ)
+    before, t0 = switches(), time.monotonic()
+    events = sel.select(float(ms) / 1e3)
+    waited, after = time.monotonic() - t0, switches()
+    busy.join()
+    return {"events": len(events), "waited": waited, "switches": after - before}
+
+
+def idle_pool(seconds: str) -> dict:
+    """A ThreadPoolExecutor's idle workers block in queue.SimpleQueue.get (C) while the main
+    thread sleeps: they wait, they do not run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(time.sleep, 0.01).result()
+        t0 = time.monotonic()
+        time.sleep(float(seconds))
+        slept = time.monotonic() - t0
+        timed = pool.submit(lambda: time.monotonic()).result()
+    return {"slept": slept, "task_ran_at": timed - t0}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])), flush=True)

@@ -89,3 +89,31 @@ def test_a_cancelled_wake_up_does_not_hold_the_clock(daemon: Daemon) -> None:
     assert len(out["fired"]) == 1 and 10_000_000 <= out["fired"][0] < 11_000_000
     assert out["virtual_s"] >= 0.05
     assert summary["counters"]["wall_s"] < 10
+
+
+def test_timed_selector_waits_end_at_their_virtual_time(daemon: Daemon) -> None:
+    """A selector with a timeout (multiprocessing.connection.wait, a zmq poll) wakes at its
+    virtual timeout through the thread's alarm descriptor, or earlier when its fd is ready."""
+    out, summary = run_program(daemon, "timed_selects", "10")
+    assert [n for n, _ in out["timed_out"]] == [0] * 5
+    assert all(0.2 <= t < 0.201 for _, t in out["timed_out"]), out["timed_out"]
+    assert [n for n, _ in out["woken"]] == [1] * 5
+    assert all(0.05 <= t < 0.051 for _, t in out["woken"]), out["woken"]
+    counters = summary["counters"]
+    assert counters["quiescence_by_proc"] == 0  # every wait was a hooked one
+    assert counters["wall_s"] < counters["virtual_s"] / 2
+
+
+def test_a_timed_selector_wait_sleeps_while_time_flows(daemon: Daemon) -> None:
+    out, _ = run_program(daemon, "select_while_busy", "300")
+    assert out["events"] == 0 and out["waited"] >= 0.3
+    assert out["switches"] < 20  # it slept through (1 ms real slices made ~300)
+
+
+def test_idle_thread_pool_workers_wait(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "idle_pool", "5")
+    assert 5.0 <= out["slept"] < 5.001
+    assert out["task_ran_at"] >= 5.0
+    counters = summary["counters"]
+    assert counters["quiescence_by_proc"] == 0  # the workers' SimpleQueue.get is hooked
+    assert counters["wall_s"] < 3
