@@ -91,7 +91,10 @@ class SessionLink:
         self.buf.append((2, device, stream, event_id))
 
     def collective(self, ev: LaunchEvent, group: str, rank: int) -> None:
+        # Sent now: other ranks wait for it, and this one may go idle without another flush
+        # (a pipeline stage's send of its activations, then a wait for the next step).
         self.buf.append((3, group, rank, *ev))
+        self._flush()
 
     def _flush(self) -> None:
         if not self.buf:

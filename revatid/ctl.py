@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", default="h100")
     p.add_argument("--model", default="Llama-3.1-8B", help="a bundled model or a folder")
     p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
+    p.add_argument("--pipeline-parallel-size", "--pp", type=int, default=1,
+                   help="pipeline stages (vllm); the session has tp x pp GPUs")
     p.add_argument("--cpu-dilation", type=float, default=1.0,
                    help="virtual seconds per real second of host CPU work (default 1: this "
                    "host's CPU stands for the GPU server's)")

@@ -165,7 +165,8 @@ class GpuTimeline:
         seq_key = (pid, group)
         seq = self.group_seq.get(seq_key, 0)
         self.group_seq[seq_key] = seq + 1
-        rv = self.rendezvous.setdefault((group, seq), Rendezvous(ranks=max(1, ev.feats[2])))
+        ranks = max(1, ev.feats[2]) if ev.family == Family.COLLECTIVE else 2  # P2P: a pair
+        rv = self.rendezvous.setdefault((group, seq), Rendezvous(ranks=ranks))
         rv.duration = max(rv.duration, dur)
         rv.arrivals[rank] = (key, max(s.ready, ev.t_ns), ev.op)
         s.blocked.append(("collective", group, seq))
@@ -252,8 +253,10 @@ def _parse(item: Any) -> tuple[LaunchEvent | None, tuple]:
             _, group, rank, family, op, dtype, device, stream, t_ns, feats = item
             ev = LaunchEvent(Family(family), str(op), str(dtype), int(device), int(stream),
                              int(t_ns), tuple(int(f) for f in feats))
-            if ev.family != Family.COLLECTIVE or len(ev.feats) < 3:
-                raise ValueError("collective items need family COLLECTIVE and (kind, bytes, ranks)")
+            if not ((ev.family == Family.COLLECTIVE and len(ev.feats) >= 3)
+                    or (ev.family == Family.P2P and len(ev.feats) >= 2)):
+                raise ValueError("collective items need family COLLECTIVE and (kind, bytes, "
+                                 "ranks), or P2P and (bytes, peer)")
             return ev, (ITEM_COLLECTIVE, ev.device, ev.stream, str(group), int(rank), ev)
     except (TypeError, ValueError, IndexError) as exc:
         raise BadBatch(f"bad launch item {item!r:.200}: {exc}") from None

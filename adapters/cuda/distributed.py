@@ -8,8 +8,9 @@ every rank at max(arrival) + predicted duration. No data moves: outputs keep the
 (a host-backed all-gather output gets this rank's own shard, which is cheap and true).
 
 `group` is the same string on every rank: the world's store address and the c10d group name
-(c10d names groups identically on every member). Point-to-point send/recv become a two-rank
-BROADCAST on a key for the (group, src, dst) pair, so the n-th send meets the n-th recv.
+(c10d names groups identically on every member). Point-to-point send/recv become a P2P launch
+that meets its peer as a two-rank rendezvous on a key for the (group, src, dst) pair, so the
+n-th send meets the n-th recv.
 
 Bytes (feature `bytes`) are per rank: the shard each rank owns: the tensor for all-reduce and
 broadcast, one rank's input for all-gather and all-to-all, one rank's output for
@@ -85,13 +86,18 @@ def _device_of(xs: Sequence[Any]) -> tensor.VirtualTensor:
 def collective(kind: Collective, like: tensor.VirtualTensor, nbytes: int, ranks: int,
                group: str, rank: int) -> None:
     """Queue one collective launch on the current stream of `like`'s device."""
+    _rendezvous(Family.COLLECTIVE, f"nccl:{kind.name.lower()}", like, (int(kind), nbytes, ranks),
+                group, rank)
+
+
+def _rendezvous(family: Family, op: str, like: tensor.VirtualTensor, feats: tuple[int, ...],
+                group: str, rank: int) -> None:
     link = S.link()
     dev = like._d
     with link.freeze():
         stream = THREAD.streams[dev]
-        ev = LaunchEvent(int(Family.COLLECTIVE), f"nccl:{kind.name.lower()}",
-                         ops.dtype_name(like.dtype), dev, stream.stream_id, link.now_ns(),
-                         (int(kind), nbytes, ranks))
+        ev = LaunchEvent(int(family), op, ops.dtype_name(like.dtype), dev, stream.stream_id,
+                         link.now_ns(), feats)
         if stream.capture is not None:
             stream.capture.events.append(ev)
         else:
@@ -173,8 +179,9 @@ def _p2p(sending: bool) -> Callable[..., Any]:
         tensors, pg, peer = args[0], _pg(args[1]), args[2]
         me = pg.rank()
         src, dst = (me, peer) if sending else (peer, me)
-        collective(Collective.BROADCAST, _device_of(tensors), _sum_bytes(tensors), 2,
-                   f"{group_key(pg)}/p2p/{src}-{dst}", 0 if sending else 1)
+        _rendezvous(Family.P2P, "nccl:send" if sending else "nccl:recv", _device_of(tensors),
+                    (_sum_bytes(tensors), peer), f"{group_key(pg)}/p2p/{src}-{dst}",
+                    0 if sending else 1)
         return _work(None)
 
     return handle

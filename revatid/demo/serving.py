@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
     from revati.revatid.ctl import hook_env, summary_text
 
     python = framework_python(args.framework)
-    tp = args.tensor_parallel_size
+    tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
     with tempfile.TemporaryDirectory(prefix="revati-demo-") as tmp:
         result_file = Path(tmp) / "result.json"
         command = [python, "-m", f"revati.adapters.{args.framework}.demo",
@@ -74,11 +74,13 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
                    "--num-prompts", str(args.num_prompts),
                    "--request-rate", str(args.request_rate), "--seed", str(args.seed),
                    "--input-len", str(args.input_len), "--output-len", str(args.output_len)]
-        if tp > 1:
-            command += ["--", "--tensor-parallel-size", str(tp)]
+        parallel = [*(("--tensor-parallel-size", str(tp)) if tp > 1 else ()),
+                    *(("--pipeline-parallel-size", str(pp)) if pp > 1 else ())]
+        if parallel:
+            command += ["--", *parallel]
         # linger: the session outlives its last process while the trace of a long run is
         # serialised (revatid's default, 5 s, can pass before the stop request arrives)
-        session = create(args.gpu, tp, {"seed": args.seed, "name": f"demo-{args.framework}",
+        session = create(args.gpu, tp * pp, {"seed": args.seed, "name": f"demo-{args.framework}",
                                          "rate": args.cpu_dilation, "cpus": args.host_cpus,
                                          "linger_s": 120.0})
         code = subprocess.run(command, env=hook_env(sock, session["id"])).returncode
@@ -90,10 +92,14 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
             return code
         result = json.loads(result_file.read_text())
     out = report(result, final, args.framework)
-    print(f"Revati: {out['completed']} requests on {tp} x virtual {final.get('gpu_name')}; "
+    print(f"Revati: {out['completed']} requests on {tp * pp} x virtual {final.get('gpu_name')}; "
           f"benchmark {out.get('bench_virtual_s', 0):.2f} s virtual in "
           f"{out.get('bench_wall_s', 0):.2f} s wall ({out.get('bench_speedup', 0):.2f}x), "
           f"whole session {out['speedup']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
+    if out["completed"] < args.num_prompts:
+        print(f"revati demo: {args.num_prompts - out['completed']} of {args.num_prompts} "
+              "requests failed (the server's log above says why)", file=sys.stderr)
+        return 1
     return 0

@@ -69,6 +69,22 @@ def test_collective_completes_at_max_arrival_plus_duration() -> None:
     assert tl.collectives == 1
 
 
+def test_send_meets_its_recv_as_a_pair() -> None:
+    """A P2P launch (a pipeline stage's send or recv) rendezvous with its peer alone: the
+    receiver's stream waits for the sender's arrival plus the transfer."""
+    def p2p(op: str, rank: int, t: int) -> list:
+        return [ITEM_COLLECTIVE, "w/pp/p2p/0-1", rank, int(Family.P2P), op, "bf16", 0, 0, t,
+                [1 << 20, 1 - rank]]
+
+    tl = timeline(a=100, **{"nccl:send": 20, "nccl:recv": 20})
+    tl.submit(2, [p2p("nccl:recv", 1, 0), launch("a", 0)])  # posted early: waits
+    assert tl.stream_ready(2, 0, 0) is None
+    tl.submit(1, [launch("a", 0), p2p("nccl:send", 0, 50)])
+    assert tl.stream_ready(1, 0, 0) == 120  # the send left at 100
+    assert tl.stream_ready(2, 0, 0) == 220  # 120, then its own kernel
+    assert tl.collectives == 1
+
+
 def test_malformed_batch_changes_nothing() -> None:
     tl = timeline(a=100)
     with pytest.raises(BadBatch):

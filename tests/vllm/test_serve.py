@@ -133,3 +133,22 @@ def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_p
     tracks = {(e.get("pid"), e.get("tid")) for e in demo.trace
               if e.get("ph") == "X" and e.get("name") == "cuda_graph"}
     assert len(tracks) == 2
+
+
+def test_pipeline_parallel_two_stages_pass_activations(module_daemon: Daemon,
+                                                       tmp_path: Path) -> None:
+    """PP=2: each step's activations go from stage 0 to stage 1 as P2P launches that meet in
+    revatid (a send buffered in stage 0 while it went idle once hung the first step)."""
+    demo = run_demo(module_daemon, tmp_path, "--pp", "2", "--num-prompts", "4",
+                    "--request-rate", "4", "--output-len", "16")
+    assert demo.result["completed"] == 4 and demo.result["num_gpus"] == 2
+    assert demo.result["output_lens_ok"]
+    p2p = [e for e in demo.trace if e.get("cat") == "collective"]
+    assert {e["name"] for e in p2p} == {"nccl:send", "nccl:recv"}
+    assert all(e["args"]["group"].endswith("/p2p/0-1") for e in p2p)
+    # hidden states and residual, every step: stage 1 ran as many steps as stage 0 sent
+    sends = sum(e["name"] == "nccl:send" for e in p2p)
+    assert sends == sum(e["name"] == "nccl:recv" for e in p2p) and sends >= 2 * 16
+    tracks = {(e.get("pid"), e.get("tid")) for e in demo.trace
+              if e.get("ph") == "X" and e.get("name") == "cuda_graph"}
+    assert len(tracks) == 2
