@@ -111,6 +111,13 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
     if c.get("predicted_by"):
         sources = ", ".join(f"{k} {v}" for k, v in sorted(c["predicted_by"].items()))
         lines.append(f"  predicted by     {sources}   (roofline: no trained model covers it)")
+    for p in s.get("pending_collectives", []):
+        arrived = ", ".join(f"rank {r} (pid {pid})" for r, pid in sorted(p["arrived"].items()))
+        lines.append(f"  waiting          {p['op']} #{p['seq']} on {p['group']}: "
+                     f"{arrived} of {p['ranks']} arrived")
+    for b in s.get("blocked_streams", []):
+        lines.append(f"  blocked stream   pid {b['pid']} GPU {b['device']} stream {b['stream']}: "
+                     f"behind {b['behind']} ({b['queued']} items queued)")
     return "\n".join(lines)
 
 

@@ -169,7 +169,9 @@ class GpuTimeline:
         rv = self.rendezvous.setdefault((group, seq), Rendezvous(ranks=ranks))
         rv.duration = max(rv.duration, dur)
         rv.arrivals[rank] = (key, max(s.ready, ev.t_ns), ev.op)
-        s.blocked.append(("collective", group, seq))
+        # At the head: when this item was drained from behind a dependency, what was queued
+        # after it is still in the deque, and must wait for the collective too.
+        s.blocked.appendleft(("collective", group, seq))
         if len(rv.arrivals) < rv.ranks:
             return False
         self._complete(group, seq, rv)
@@ -225,6 +227,25 @@ class GpuTimeline:
                     return None
                 ready = max(ready, s.ready)
         return ready
+
+    def pending_collectives(self) -> list[dict[str, Any]]:
+        """Rendezvous some rank has reached and others not yet: what a hung job waits for."""
+        return [{"group": group, "seq": seq, "ranks": rv.ranks, "op": next(iter(
+                    rv.arrivals.values()))[2],
+                 "arrived": {str(rank): key[0] for rank, (key, _, _) in rv.arrivals.items()}}
+                for (group, seq), rv in self.rendezvous.items()]
+
+    def blocked_streams(self) -> list[dict[str, Any]]:
+        """Streams held by a dependency: a collective, or a wait on an event not yet known."""
+        out = []
+        for (pid, device, stream), s in self.streams.items():
+            if s.blocked:
+                head = s.blocked[0]
+                behind = (f"collective #{head[2]} on {head[1]}" if head[0] == "collective"
+                          else f"event {head[3]}")
+                out.append({"pid": pid, "device": device, "stream": stream, "behind": behind,
+                            "queued": len(s.blocked)})
+        return out
 
     def event_time(self, pid: int, event_id: int) -> int | None:
         return self.events.get((pid, event_id), 0)

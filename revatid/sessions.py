@@ -245,6 +245,8 @@ class Session:
             "origin_wall_ns": self.page.origins()[1],
             "participants": [p.info(self.page) for p in self.participants.values()],
             "exited": self.exited[-32:],
+            "pending_collectives": self.timeline.pending_collectives()[:32],
+            "blocked_streams": self.timeline.blocked_streams()[:32],
             "counters": {
                 "virtual_s": virtual_ns / 1e9, "wall_s": wall,
                 "speedup": (virtual_ns / 1e9) / wall if wall > 0 else 0.0,

@@ -73,10 +73,7 @@ class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
 # GRAPH launch plus the attention launches of the step); prefill eager, since the "breakable"
 # backend SGLang picks for it queries the CUDA runtime directly (breakable_cuda_graph.py:86,
 # cudaStreamGetCaptureInfo).
-# With tensor parallelism decode graphs stay off for now: at --tp 2 the first capture's
-# all-reduce never completes its rendezvous (docs/sglang-hookmap.md, section 12).
 GRAPH_DEFAULTS = {"decode": "full", "prefill": "disabled"}
-GRAPH_DEFAULTS_TP = {"decode": "disabled", "prefill": "disabled"}
 
 
 def _graph_defaults(server_args: Any) -> None:
@@ -92,10 +89,8 @@ def _graph_defaults(server_args: Any) -> None:
         cfg = CudaGraphConfig.from_dict(cfg)
     if not isinstance(cfg, CudaGraphConfig):
         return
-    tp = getattr(server_args, "tp_size", 1) or 1
-    defaults = GRAPH_DEFAULTS if tp <= 1 else GRAPH_DEFAULTS_TP
     changes = {phase: dataclasses.replace(getattr(cfg, phase), backend=backend)
-               for phase, backend in defaults.items()
+               for phase, backend in GRAPH_DEFAULTS.items()
                if getattr(server_args, f"cuda_graph_backend_{phase}", None) is None}
     if changes:
         server_args.cuda_graph_config = dataclasses.replace(cfg, **changes)

@@ -69,6 +69,29 @@ def test_collective_completes_at_max_arrival_plus_duration() -> None:
     assert tl.collectives == 1
 
 
+def test_collective_queued_behind_an_event_still_orders_its_stream() -> None:
+    """A collective that waited in a stream's queue (behind a wait on an event not yet
+    recorded) and then completes at once must release the stream and keep what was queued
+    after it behind it (it once left the stream blocked for good: SGLang TP=2 graph warmup)."""
+    def item(kind: int, stream: int, *rest: object) -> list:
+        return [kind, 0, stream, *rest]
+
+    def coll_on(group: str, rank: int, stream: int) -> list:
+        return [ITEM_COLLECTIVE, group, rank, int(Family.COLLECTIVE), "all_reduce", "bf16", 0,
+                stream, 0, [int(Collective.ALL_REDUCE), 1 << 20, 2]]
+
+    tl = timeline(a=100, all_reduce=30)
+    tl.submit(1, [coll_on("h", 0, 1), item(ITEM_RECORD, 1, 9)])  # stream 1: h, then record e9
+    tl.submit(1, [item(ITEM_WAIT, 0, 9), coll_on("g", 0, 0), launch("a", 0)])  # stream 0
+    tl.submit(2, [coll("g", 1, 0)])  # the other rank of g is there first
+    assert tl.stream_ready(1, 0, 0) is None
+    tl.submit(3, [coll("h", 1, 500)])  # h completes at 530: e9, then g (530-560), then a
+    assert tl.stream_ready(1, 0, 1) == 530
+    assert tl.stream_ready(1, 0, 0) == 660
+    assert tl.stream_ready(2, 0, 0) == 560
+    assert not tl.blocked_streams() and not tl.pending_collectives()
+
+
 def test_send_meets_its_recv_as_a_pair() -> None:
     """A P2P launch (a pipeline stage's send or recv) rendezvous with its peer alone: the
     receiver's stream waits for the sender's arrival plus the transfer."""

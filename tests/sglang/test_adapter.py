@@ -50,10 +50,6 @@ def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
     assert args.cuda_graph_config.decode.backend == "full"
     assert args.cuda_graph_config.prefill.backend == "disabled"
     assert p.capabilities.graph_capture
-    args = SimpleNamespace(cuda_graph_backend_prefill=None, cuda_graph_backend_decode=None,
-                           cuda_graph_config=default_cuda_graph_config(), tp_size=2)
-    p.apply_server_args_defaults(args)  # TP: eager until captured collectives are fixed
-    assert args.cuda_graph_config.decode.backend == "disabled"
     assert p.get_graph_runner_cls().__name__ == "DecodeCudaGraphRunner"
 
 
