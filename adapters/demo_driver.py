@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,13 +35,33 @@ def parse_args(doc: str, server: str, argv: list[str] | None,
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--prefix-len", type=int, default=0,
+                    help="tokens of prompt prefix shared within each of PREFIX_GROUPS groups of "
+                    "requests (0: independent random prompts)")
     for flag, default in extra:
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("server_args", nargs=argparse.REMAINDER,
                     help=f"after --: more `{server}` arguments")
     args = ap.parse_args(argv)
+    if not 0 <= args.prefix_len < args.input_len:
+        ap.error("--prefix-len must be at least 0 and less than --input-len")
     rest = args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args
     return args, rest
+
+
+PREFIX_GROUPS = 4  # shared-prefix workloads: requests share one of this many prefixes
+
+
+def metrics(port: int, names: tuple[str, ...]) -> dict[str, float]:
+    """The server's Prometheus counters `names`, each summed over its labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[-1])
+    return totals
 
 
 def free_port() -> int:
@@ -77,8 +99,115 @@ def serving(command: list[str], port: int, name: str) -> Iterator[subprocess.Pop
             server.wait()
 
 
+def _cpu_s(pid: int | str) -> tuple[str, int, float]:
+    """(name, parent pid, CPU seconds so far) of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    name = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+    fields = data[data.rindex(b")") + 2:].split()
+    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(root: int) -> dict[str, float]:
+    """CPU seconds of `root` and its descendants, summed by process name."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                procs[int(entry)] = _cpu_s(entry)
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+    out: dict[str, float] = {}
+    tree, frontier = set(), {root}
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, (_, ppid, _) in procs.items() if ppid in frontier} - tree
+    for pid in tree:
+        if pid in procs:
+            name, _, cpu = procs[pid]
+            key = "server" if pid == root else name
+            out[key] = out.get(key, 0.0) + cpu
+    return out
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class HostUse:
+    """Where this host's time went while the benchmark ran: CPU seconds of the serving
+    processes (by name), of the benchmark client and of revatid, and the session's own
+    accounting (frozen for Revati's bookkeeping, kept out as CPU contention, jumped)."""
+
+    def __init__(self, server: int, client: int) -> None:
+        self.server, self.client = server, client
+        self.before = self._snapshot(_cpu_s(client)[2])
+
+    def _snapshot(self, client_cpu_s: float) -> dict[str, Any]:
+        from revati.adapters.session import member
+
+        m = member()
+        if m is None:
+            return {}
+        with m.clock.freeze(), m.lock:
+            session = m.client.request("session.status", session=m.session_id)["session"]
+            daemon = m.client.request("ping")["pid"]
+        cpu = _tree_cpu_s(self.server)
+        cpu["benchmark client"] = client_cpu_s
+        cpu["revatid"] = _cpu_s(daemon)[2]
+        return {"cpu_s": cpu, **{k: session["counters"][k] for k in
+                                 ("virtual_s", "frozen_s", "contended_s", "jumped_s")}}
+
+    def result(self, client_cpu_s: float) -> dict[str, Any]:
+        """The deltas since construction; `client_cpu_s`: the client's CPU time in all."""
+        after = self._snapshot(client_cpu_s)
+        if not after or not self.before:
+            return {}
+        cpu = {k: round(v - self.before["cpu_s"].get(k, 0.0), 3)
+               for k, v in after["cpu_s"].items()}
+        out = {k: after[k] - self.before[k] for k in ("frozen_s", "contended_s", "jumped_s")}
+        return {"cpu_s": cpu, "virtual_window_s": [self.before["virtual_s"], after["virtual_s"]],
+                **out}
+
+
+# Both vLLM's `bench serve` and SGLang's `bench_serving` print this once their own start-up
+# (imports, tokenizer, dataset, warm-up request) is over and the measured run begins.
+MAIN_RUN = b"Starting main benchmark run"
+
+
+def run_benchmark(command: list[str], server: subprocess.Popen[bytes],
+                  ) -> tuple[int, float, dict[str, Any]]:
+    """Run the benchmark client, its output passed through. Returns its exit status, the wall
+    seconds of its measured run (from its MAIN_RUN line to its exit) and HostUse.result()
+    over that run."""
+    from revati.adapters.clock.hooks import real_monotonic
+
+    children0 = _children_cpu_s()
+    read, write = os.pipe()
+    client = subprocess.Popen(command, stdout=write)
+    os.close(write)
+    use, start, seen = None, real_monotonic(), b""
+    while chunk := os.read(read, 1 << 16):  # a hooked wait: the session may jump meanwhile
+        os.write(1, chunk)
+        if use is None:
+            seen = seen[-len(MAIN_RUN):] + chunk
+            if MAIN_RUN in seen:
+                start, use = real_monotonic(), HostUse(server.pid, client.pid)
+    os.close(read)
+    code = client.wait()
+    wall_s = real_monotonic() - start
+    host_use = use.result(_children_cpu_s() - children0) if use is not None else {}
+    return code, wall_s, host_use
+
+
 def write_result(path: str, result: dict[str, Any], bench_wall_s: float,
-                 output_len: int) -> None:
+                 output_len: int, prefix_cache: tuple[float, float],
+                 host_use: dict[str, Any]) -> None:
+    """`prefix_cache`: (prompt tokens, of them served from the prefix cache), by the server's
+    own metrics; `host_use`: HostUse.result()."""
     result["bench_wall_s"] = bench_wall_s
     result["requested_output_len"] = output_len
+    result["host_use"] = host_use
+    result["prefix_cache"] = {"prompt_tokens": prefix_cache[0], "hit_tokens": prefix_cache[1]}
     Path(path).write_text(json.dumps(result))

@@ -1,13 +1,15 @@
 """vLLM on a virtual H100: speed-up (virtual / wall) of `vllm serve` + `vllm bench serve`
-(Llama-3.1-8B, random 512 in / 128 out) at several request rates, and Revati's own CPU time
-per decode step (time the clock was frozen for Revati's bookkeeping, per graph replay).
+(Llama-3.1-8B, random 512 in / 128 out) at several request rates, and where the host's time
+went per decode step while the benchmark ran.
 
     .venv-vllm/bin/python -m benchmarks.bench_vllm [--rates 1 4 16] [--num-prompts 60]
         [--cpu-dilation 1.0]
 
-Prints one row per rate: the benchmark phase's virtual seconds, wall seconds and their ratio,
-the whole session's ratio (start-up included), and frozen ms per decode step (* the
-session's frozen time, start-up included, over its decode steps: an upper bound).
+Prints, per rate: the benchmark phase's virtual and wall seconds and their ratio, the whole
+session's ratio (start-up included) and TPOT; then, per decode step of the benchmark phase
+(graph replays in the session trace), the CPU milliseconds of each process (the engine core,
+the API server, the benchmark client, revatid) and the session's frozen milliseconds (Revati's
+bookkeeping inside the processes, also in their CPU time).
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ def run(sock: str, rate: float, n: int, dilation: float, tmp: Path) -> dict:
     result = json.loads(out.read_text())
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
-    result["decode_steps"] = sum(1 for e in events if e.get("name") == "cuda_graph")
-    summary = [line for line in proc.stderr.splitlines() if "frozen" in line]
-    result["frozen_s"] = float(summary[-1].split()[1]) if summary else float("nan")
+    v0, v1 = result["host_use"]["virtual_window_s"]
+    result["decode_steps"] = sum(1 for e in events if e.get("name") == "cuda_graph"
+                                 and v0 <= e["ts"] / 1e6 <= v1)
     return result
+
+
+ROLES = (("engine core", "VLLM::EngineCor"),  # /proc comm: 15 characters
+         ("API server", "server"), ("bench client", "benchmark client"), ("revatid", "revatid"))
 
 
 def main() -> None:
@@ -49,14 +55,18 @@ def main() -> None:
     ap.add_argument("--cpu-dilation", type=float, default=1.0)
     args = ap.parse_args()
     print(f"{'req/s':>6} {'bench virt s':>12} {'bench wall s':>12} {'speed-up':>9} "
-          f"{'session':>8} {'TPOT p50 ms':>11} {'frozen ms/step*':>15}")
+          f"{'session':>8} {'TPOT p50 ms':>11} {'steps':>6} | host ms per decode step: "
+          + " ".join(f"{name:>12}" for name, _ in ROLES) + f" {'frozen':>8}")
     with private_daemon() as sock, tempfile.TemporaryDirectory() as tmp:
         for rate in args.rates:
             r = run(sock, rate, args.num_prompts, args.cpu_dilation, Path(tmp))
-            per_step = r["frozen_s"] * 1e3 / max(r["decode_steps"], 1)
+            use, steps = r["host_use"], max(r["decode_steps"], 1)
+            per_step = [use["cpu_s"].get(key, 0.0) * 1e3 / steps for _, key in ROLES]
             print(f"{rate:6.1f} {r['bench_virtual_s']:12.2f} {r['bench_wall_s']:12.2f} "
                   f"{r['bench_speedup']:9.2f} {r['speedup']:8.2f} {r['median_tpot_ms']:11.2f} "
-                  f"{per_step:15.2f}", flush=True)
+                  f"{r['decode_steps']:6d} | {'':24}"
+                  + " ".join(f"{ms:12.2f}" for ms in per_step)
+                  + f" {use['frozen_s'] * 1e3 / steps:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

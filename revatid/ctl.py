@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPUs the processes share (default: the daemon's; 0: no contention model)")
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--prefix-len", type=int, default=0,
+                   help="a shared-prefix workload: requests in 4 groups, each sharing a prompt "
+                   "prefix of this many tokens (vllm: prefix_repetition, sglang: "
+                   "generated-shared-prefix); default 0: random prompts")
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
     p.add_argument("--num-prompts", type=int, default=200)
     p.add_argument("--request-rate", type=float, default=4.0)

@@ -6,24 +6,26 @@ revatid/demo/serving.py reads), plus the real (wall) seconds the benchmark phase
 --result.
 
     python -m revati.adapters.sglang.demo --result FILE [--model NAME] [--num-prompts N]
-        [--request-rate R] [--seed S] [--input-len L] [--output-len L] [-- SERVER_ARGS...]
+        [--request-rate R] [--seed S] [--input-len L] [--output-len L] [--prefix-len P]
+        [-- SERVER_ARGS...]
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from revati.adapters import demo_driver, models
-from revati.adapters.clock.hooks import real_monotonic
 
 # SGLang's result keys whose vLLM names differ (e2e_latency -> e2el); the ttft/tpot/itl keys
 # already match (`{mean,median,p90,p99}_{metric}_ms`).
 STATS = ("mean", "median", "p90", "p99")
+# SGLang's token counters (with --enable-metrics): prompt tokens, and those its radix cache
+# served (srt/observability/metrics_collector.py)
+PROMPT_TOKENS, CACHED_TOKENS = "sglang:prompt_tokens_total", "sglang:cached_tokens_total"
 
 
 def to_vllm_keys(result: dict[str, Any], num_prompts: int) -> dict[str, Any]:
@@ -52,30 +54,38 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
                "--load-format", "dummy", "--host", "127.0.0.1", "--port", str(port),
                "--context-length", str(args.context_length), "--random-seed", str(args.seed),
-               *extra]
+               "--enable-metrics", *extra]
+    if args.prefix_len:
+        groups = demo_driver.PREFIX_GROUPS
+        dataset = ["--dataset-name", "generated-shared-prefix", "--gsp-num-groups", str(groups),
+                   "--gsp-prompts-per-group", str(-(-args.num_prompts // groups)),
+                   "--gsp-system-prompt-len", str(args.prefix_len),
+                   "--gsp-question-len", str(args.input_len - args.prefix_len),
+                   "--gsp-output-len", str(args.output_len), "--gsp-range-ratio", "1.0"]
+    else:
+        dataset = ["--dataset-name", "random-ids", "--random-input-len", str(args.input_len),
+                   "--random-output-len", str(args.output_len), "--random-range-ratio", "1.0"]
     # /health answers 200 once the server's own warm-up request has been served
-    with demo_driver.serving(command, port, "sglang.launch_server"), \
+    with demo_driver.serving(command, port, "sglang.launch_server") as server, \
             tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "bench.jsonl"
-        wall0 = real_monotonic()
-        bench = subprocess.run([
+        code, bench_wall_s, host_use = demo_driver.run_benchmark([
             sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
             "--base-url", f"http://127.0.0.1:{port}", "--model", model,
-            "--tokenizer", model, "--dataset-name", "random-ids",
-            "--random-input-len", str(args.input_len),
-            "--random-output-len", str(args.output_len), "--random-range-ratio", "1.0",
-            "--num-prompts", str(args.num_prompts),
+            "--tokenizer", model, *dataset, "--num-prompts", str(args.num_prompts),
             "--request-rate", str(args.request_rate), "--seed", str(args.seed),
-            "--warmup-requests", "0", "--output-file", str(out_file), "--output-details"])
-        bench_wall_s = real_monotonic() - wall0
-        if bench.returncode != 0:
-            return bench.returncode
+            "--warmup-requests", "0", "--output-file", str(out_file), "--output-details"],
+            server)
+        if code != 0:
+            return code
         lines = out_file.read_text().splitlines()
         if not lines:
             print("sglang.bench_serving wrote no result", file=sys.stderr)
             return 1
         result = to_vllm_keys(json.loads(lines[-1]), args.num_prompts)
-    demo_driver.write_result(args.result, result, bench_wall_s, args.output_len)
+        cache = demo_driver.metrics(port, (PROMPT_TOKENS, CACHED_TOKENS))
+    demo_driver.write_result(args.result, result, bench_wall_s, args.output_len,
+                             (cache[PROMPT_TOKENS], cache[CACHED_TOKENS]), host_use)
     return 0
 
 

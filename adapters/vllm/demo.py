@@ -4,20 +4,22 @@ on a seeded random workload. vLLM's own benchmark table goes to stdout; the benc
 JSON, plus the real (wall) seconds the benchmark phase took, go to --result.
 
     python -m revati.adapters.vllm.demo --result FILE [--model NAME] [--num-prompts N]
-        [--request-rate R] [--seed S] [--input-len L] [--output-len L] [-- SERVE_ARGS...]
+        [--request-rate R] [--seed S] [--input-len L] [--output-len L] [--prefix-len P]
+        [-- SERVE_ARGS...]
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from revati.adapters import demo_driver, models
-from revati.adapters.clock.hooks import real_monotonic
+
+# vLLM's prefix-cache counters (prompt tokens looked up, and found), v1/metrics/loggers.py
+QUERIES, HITS = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 
 
 def _vllm(*args: str) -> list[str]:
@@ -32,24 +34,31 @@ def main(argv: list[str] | None = None) -> int:
     command = _vllm("serve", model, "--load-format", "dummy", "--port", str(port),
                     "--host", "127.0.0.1", "--max-model-len", str(args.max_model_len),
                     "--seed", str(args.seed), "--disable-uvicorn-access-log", *extra)
-    with demo_driver.serving(command, port, "vllm serve"), \
+    with demo_driver.serving(command, port, "vllm serve") as server, \
             tempfile.TemporaryDirectory() as tmp:
-        wall0 = real_monotonic()
-        bench = subprocess.run(_vllm(
+        if args.prefix_len:
+            dataset = ["--dataset-name", "prefix_repetition",
+                       "--prefix-repetition-prefix-len", str(args.prefix_len),
+                       "--prefix-repetition-suffix-len", str(args.input_len - args.prefix_len),
+                       "--prefix-repetition-num-prefixes", str(demo_driver.PREFIX_GROUPS),
+                       "--prefix-repetition-output-len", str(args.output_len)]
+        else:
+            dataset = ["--dataset-name", "random", "--random-input-len", str(args.input_len),
+                       "--random-output-len", str(args.output_len)]
+        code, bench_wall_s, host_use = demo_driver.run_benchmark(_vllm(
             "bench", "serve", "--backend", "vllm", "--model", model,
-            "--base-url", f"http://127.0.0.1:{port}", "--dataset-name", "random",
-            "--random-input-len", str(args.input_len),
-            "--random-output-len", str(args.output_len), "--ignore-eos",
+            "--base-url", f"http://127.0.0.1:{port}", *dataset, "--ignore-eos",
             "--num-prompts", str(args.num_prompts),
             "--request-rate", str(args.request_rate), "--seed", str(args.seed),
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
             "--save-result", "--save-detailed", "--result-dir", tmp,
-            "--result-filename", "bench.json"))
-        bench_wall_s = real_monotonic() - wall0
-        if bench.returncode != 0:
-            return bench.returncode
+            "--result-filename", "bench.json"), server)
+        if code != 0:
+            return code
         result = json.loads((Path(tmp) / "bench.json").read_text())
-    demo_driver.write_result(args.result, result, bench_wall_s, args.output_len)
+        cache = demo_driver.metrics(port, (QUERIES, HITS))
+    demo_driver.write_result(args.result, result, bench_wall_s, args.output_len,
+                             (cache[QUERIES], cache[HITS]), host_use)
     return 0
 
 

@@ -55,6 +55,9 @@ def report(result: dict[str, Any], final: dict[str, Any], framework: str) -> dic
         out["bench_virtual_s"] = result["duration"]
         out["bench_wall_s"] = result["bench_wall_s"]
         out["bench_speedup"] = result["duration"] / result["bench_wall_s"]
+    for key in ("prefix_cache", "host_use"):  # the server's own counters; the host's time
+        if key in result:
+            out[key] = result[key]
     if "output_lens" in result:  # every request got the output length it asked for
         out["output_lens_ok"] = all(n == result["requested_output_len"]
                                     for n in result["output_lens"])
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
                    "--result", str(result_file), "--model", args.model,
                    "--num-prompts", str(args.num_prompts),
                    "--request-rate", str(args.request_rate), "--seed", str(args.seed),
-                   "--input-len", str(args.input_len), "--output-len", str(args.output_len)]
+                   "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+                   "--prefix-len", str(args.prefix_len)]
         parallel = [*(("--tensor-parallel-size", str(tp)) if tp > 1 else ()),
                     *(("--pipeline-parallel-size", str(pp)) if pp > 1 else ())]
         if parallel:
@@ -96,6 +100,10 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
           f"benchmark {out.get('bench_virtual_s', 0):.2f} s virtual in "
           f"{out.get('bench_wall_s', 0):.2f} s wall ({out.get('bench_speedup', 0):.2f}x), "
           f"whole session {out['speedup']:.2f}x")
+    cache = out.get("prefix_cache")
+    if cache and cache["prompt_tokens"]:
+        print(f"Revati: prefix cache (the server's metrics): {cache['hit_tokens']:.0f} of "
+              f"{cache['prompt_tokens']:.0f} prompt tokens hit")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     if out["completed"] < args.num_prompts:

@@ -17,7 +17,9 @@ from tests.conftest import REVATICTL, Daemon
 pytest.importorskip("sglang", reason="needs the SGLang environment (scripts/setup_sglang_env.sh)")
 pytestmark = [pytest.mark.sglang, pytest.mark.slow]
 
-NUM_PROMPTS, OUTPUT_LEN = 4, 24
+NUM_PROMPTS, OUTPUT_LEN = 200, 24
+H100_HBM_BYTES_PER_S = 3.35e12  # H100 SXM HBM3
+LLAMA_8B_WEIGHT_BYTES = 16.06e9
 
 
 def run_demo(daemon: Daemon, tmp: Path, *options: str) -> tuple[dict, str, list[dict]]:
@@ -27,7 +29,7 @@ def run_demo(daemon: Daemon, tmp: Path, *options: str) -> tuple[dict, str, list[
     proc = subprocess.run(
         [*REVATICTL, "--socket", str(daemon.socket), "demo", "--framework", "sglang",
          "--json", str(out), "--trace", str(trace), "--request-rate", "1", "--seed", "7",
-         "--input-len", "64", "--output-len", str(OUTPUT_LEN), *options],
+         "--input-len", "64", "--output-len", str(OUTPUT_LEN), *options],  # later ones win
         capture_output=True, text=True, timeout=1800, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
@@ -38,9 +40,10 @@ def run_demo(daemon: Daemon, tmp: Path, *options: str) -> tuple[dict, str, list[
 
 @pytest.fixture(scope="module")
 def serve(module_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
-    """Llama-3.1-8B on one virtual H100: a few seeded random-ids requests (64 in, 24 out)."""
+    """Llama-3.1-8B on one virtual H100: 200 seeded random-ids requests (64 in, 24 out) at
+    8 req/s."""
     r, log, _ = run_demo(module_daemon, tmp_path_factory.mktemp("serve"),
-                         "--num-prompts", str(NUM_PROMPTS))
+                         "--num-prompts", str(NUM_PROMPTS), "--request-rate", "8")
     return r, log
 
 
@@ -76,3 +79,34 @@ def test_tensor_parallel_two_with_overlap_scheduling_and_decode_graphs(
     graph_tracks = {(e.get("pid"), e.get("tid")) for e in trace
                     if e.get("ph") == "X" and e.get("name") == "cuda_graph"}
     assert len(graph_tracks) == 2
+
+
+def test_decode_step_is_bound_by_weight_bytes_and_tpot_follows_the_trace(
+        module_daemon: Daemon, tmp_path: Path) -> None:
+    """Batch 1: the decode step's kernels (one graph replay in the session trace) read every
+    weight once: 16 GB at 3.35 TB/s is 4.79 ms. SGLang's graph holds the LM head too (vLLM
+    runs it outside), 0.37 ms of it; the Vidur-trained GEMM predictions reach 2.1-2.9 TB/s,
+    as cuBLAS does at batch 1, and ~200 small kernels add ~0.6 ms: 6.2 ms measured, hence 35%
+    rather than vLLM's 25%. The benchmark's TPOT is that step plus SGLang's host work between
+    steps, no less and not much more."""
+    r, _, trace = run_demo(module_daemon, tmp_path, "--num-prompts", "3", "--request-rate",
+                           "0.2", "--output-len", "64")
+    steps = sorted(e["dur"] / 1e3 for e in trace
+                   if e.get("ph") == "X" and e.get("name") == "cuda_graph")
+    assert len(steps) >= 3 * 60
+    step_ms = steps[len(steps) // 2]
+    bound_ms = LLAMA_8B_WEIGHT_BYTES / H100_HBM_BYTES_PER_S * 1e3
+    assert bound_ms <= step_ms < 1.35 * bound_ms
+    assert step_ms <= r["median_tpot_ms"] < 1.5 * bound_ms
+
+
+def test_a_shared_prefix_workload_hits_the_radix_cache(module_daemon: Daemon,
+                                                      tmp_path: Path) -> None:
+    """Four groups of requests share a 48-token prefix: SGLang's own counters show every
+    later request of a group served its prefix from the radix cache."""
+    r, _, _ = run_demo(module_daemon, tmp_path, "--num-prompts", "8", "--request-rate", "4",
+                       "--prefix-len", "48")
+    assert r["completed"] == 8 and r["output_lens_ok"]
+    cache = r["prefix_cache"]
+    assert cache["prompt_tokens"] >= 8 * 64
+    assert cache["hit_tokens"] >= (8 - 4) * 48
