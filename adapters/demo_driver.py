@@ -38,6 +38,9 @@ def parse_args(doc: str, server: str, argv: list[str] | None,
     ap.add_argument("--prefix-len", type=int, default=0,
                     help="tokens of prompt prefix shared within each of PREFIX_GROUPS groups of "
                     "requests (0: independent random prompts)")
+    ap.add_argument("--client", choices=("own", "vllm"), default="own",
+                    help="the load generator: the framework's own benchmark (default), or "
+                    "`vllm bench serve` from the vLLM environment (OpenAI API)")
     for flag, default in extra:
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("server_args", nargs=argparse.REMAINDER,

@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a shared-prefix workload: requests in 4 groups, each sharing a prompt "
                    "prefix of this many tokens (vllm: prefix_repetition, sglang: "
                    "generated-shared-prefix); default 0: random prompts")
+    p.add_argument("--client", choices=("own", "vllm"), default="own",
+                   help="load generator: the framework's own benchmark, or `vllm bench serve` "
+                   "(from the vLLM environment) against any framework's OpenAI API")
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
     p.add_argument("--num-prompts", type=int, default=200)
     p.add_argument("--request-rate", type=float, default=4.0)

@@ -7,7 +7,7 @@ revatid/demo/serving.py reads), plus the real (wall) seconds the benchmark phase
 
     python -m revati.adapters.sglang.demo --result FILE [--model NAME] [--num-prompts N]
         [--request-rate R] [--seed S] [--input-len L] [--output-len L] [--prefix-len P]
-        [-- SERVER_ARGS...]
+        [--client own|vllm] [-- SERVER_ARGS...]
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from revati.adapters import demo_driver, models
+from revati.adapters.vllm import demo as vllm_demo
+from revati.revatid.demo.serving import framework_python
 
 # SGLang's result keys whose vLLM names differ (e2e_latency -> e2el); the ttft/tpot/itl keys
 # already match (`{mean,median,p90,p99}_{metric}_ms`).
@@ -69,20 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     with demo_driver.serving(command, port, "sglang.launch_server") as server, \
             tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "bench.jsonl"
-        code, bench_wall_s, host_use = demo_driver.run_benchmark([
-            sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
-            "--base-url", f"http://127.0.0.1:{port}", "--model", model,
-            "--tokenizer", model, *dataset, "--num-prompts", str(args.num_prompts),
-            "--request-rate", str(args.request_rate), "--seed", str(args.seed),
-            "--warmup-requests", "0", "--output-file", str(out_file), "--output-details"],
-            server)
+        if args.client == "vllm":  # vLLM's load generator, from its own environment
+            client = vllm_demo.bench_serve(args, model, port, tmp, backend="openai",
+                                           python=framework_python("vllm"))
+        else:
+            client = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+                      "--base-url", f"http://127.0.0.1:{port}", "--model", model,
+                      "--tokenizer", model, *dataset, "--num-prompts", str(args.num_prompts),
+                      "--request-rate", str(args.request_rate), "--seed", str(args.seed),
+                      "--warmup-requests", "0", "--output-file", str(out_file),
+                      "--output-details"]
+        code, bench_wall_s, host_use = demo_driver.run_benchmark(client, server)
         if code != 0:
             return code
-        lines = out_file.read_text().splitlines()
-        if not lines:
-            print("sglang.bench_serving wrote no result", file=sys.stderr)
-            return 1
-        result = to_vllm_keys(json.loads(lines[-1]), args.num_prompts)
+        if args.client == "vllm":
+            result = json.loads((Path(tmp) / "bench.json").read_text())
+        else:
+            lines = out_file.read_text().splitlines()
+            if not lines:
+                print("sglang.bench_serving wrote no result", file=sys.stderr)
+                return 1
+            result = to_vllm_keys(json.loads(lines[-1]), args.num_prompts)
         cache = demo_driver.metrics(port, (PROMPT_TOKENS, CACHED_TOKENS))
     demo_driver.write_result(args.result, result, bench_wall_s, args.output_len,
                              (cache[PROMPT_TOKENS], cache[CACHED_TOKENS]), host_use)

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
                    "--num-prompts", str(args.num_prompts),
                    "--request-rate", str(args.request_rate), "--seed", str(args.seed),
                    "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-                   "--prefix-len", str(args.prefix_len)]
+                   "--prefix-len", str(args.prefix_len), "--client", args.client]
         parallel = [*(("--tensor-parallel-size", str(tp)) if tp > 1 else ()),
                     *(("--pipeline-parallel-size", str(pp)) if pp > 1 else ())]
         if parallel:

@@ -18,6 +18,7 @@ pytest.importorskip("sglang", reason="needs the SGLang environment (scripts/setu
 pytestmark = [pytest.mark.sglang, pytest.mark.slow]
 
 NUM_PROMPTS, OUTPUT_LEN = 200, 24
+REPO = Path(__file__).parents[2]
 H100_HBM_BYTES_PER_S = 3.35e12  # H100 SXM HBM3
 LLAMA_8B_WEIGHT_BYTES = 16.06e9
 
@@ -110,3 +111,17 @@ def test_a_shared_prefix_workload_hits_the_radix_cache(module_daemon: Daemon,
     cache = r["prefix_cache"]
     assert cache["prompt_tokens"] >= 8 * 64
     assert cache["hit_tokens"] >= (8 - 4) * 48
+
+
+def test_vllm_bench_serve_drives_sglang_in_the_same_session(module_daemon: Daemon,
+                                                            tmp_path: Path) -> None:
+    """`vllm bench serve` (from the vLLM environment, OpenAI API) as SGLang's load generator:
+    it joins the session like any process, and reports the same kind of latencies."""
+    vllm_python = REPO / ".venv-vllm" / "bin" / "python"
+    if not (os.environ.get("REVATI_VLLM_PYTHON") or vllm_python.exists()):
+        pytest.skip("no vLLM environment (scripts/setup_vllm_env.sh)")
+    r, log, _ = run_demo(module_daemon, tmp_path, "--num-prompts", "4", "--client", "vllm")
+    assert "Serving Benchmark Result" in log and "Starting main benchmark run" in log
+    assert r["completed"] == 4 and r["output_lens_ok"]
+    assert r["total_output_tokens"] == 4 * OUTPUT_LEN
+    assert r["median_ttft_ms"] > 0 and 0 < r["median_tpot_ms"] < 10
