@@ -3,7 +3,8 @@
 Three processes, all session participants: an asyncio relay server, an "actor" that serves
 each request with one 20 ms kernel on its virtual GPU and a stream sync, and an asyncio client
 that sends N requests with seeded exponential gaps and records each request's latency with
-time.monotonic(). The client prints one JSON line: latencies and arrival offsets (s).
+time.monotonic(). The client prints one JSON line: latencies, and the scheduled and actual
+send offsets (s).
 
     python md1.py [N] [SEED] [MEAN_GAP_S] [SERVICE]
 
@@ -147,6 +148,7 @@ async def client(port: int, n: int, seed: int, mean_gap: float) -> None:
         proto.send(i)
     await done
     print(json.dumps({"latencies": proto.latencies, "arrivals": arrive,
+                      "sent": [t - t0 for t in proto.sent],  # later than arrivals, a little
                       "virtual_span": time.monotonic() - t0}))
 
 
