@@ -354,13 +354,13 @@ class _Alarm(threading.local):
     def get(self) -> int:
         held = self.held
         if held is None or held.pid != os.getpid():  # new thread, or a forked copy of one
-            if held is not None and held.pid != os.getpid():
-                _AlarmFd.free.clear()  # the parent's descriptors: shared, not ours
             held = self.held = _AlarmFd()
         return held.fd
 
 
 _alarm = _Alarm()
+# A forked child shares its parent's descriptors: the free ones are the parent's, not its own.
+os.register_at_fork(after_in_child=_AlarmFd.free.clear)
 
 
 def _alarmed_wait(clock: VirtualClock, timeout: float, wait: Callable[[int], Any]) -> Any:

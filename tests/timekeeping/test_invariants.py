@@ -96,9 +96,10 @@ def test_timed_selector_waits_end_at_their_virtual_time(daemon: Daemon) -> None:
     virtual timeout through the thread's alarm descriptor, or earlier when its fd is ready."""
     out, summary = run_program(daemon, "timed_selects", "10")
     assert [n for n, _ in out["timed_out"]] == [0] * 5
-    assert all(0.2 <= t < 0.201 for _, t in out["timed_out"]), out["timed_out"]
+    # the few ms allowed: this program's own Python after each wake-up, on a loaded host
+    assert all(0.2 <= t < 0.205 for _, t in out["timed_out"]), out["timed_out"]
     assert [n for n, _ in out["woken"]] == [1] * 5
-    assert all(0.05 <= t < 0.051 for _, t in out["woken"]), out["woken"]
+    assert all(0.05 <= t < 0.055 for _, t in out["woken"]), out["woken"]
     counters = summary["counters"]
     assert counters["quiescence_by_proc"] == 0  # every wait was a hooked one
     assert counters["wall_s"] < counters["virtual_s"] / 2
@@ -112,7 +113,7 @@ def test_a_timed_selector_wait_sleeps_while_time_flows(daemon: Daemon) -> None:
 
 def test_idle_thread_pool_workers_wait(daemon: Daemon) -> None:
     out, summary = run_program(daemon, "idle_pool", "5")
-    assert 5.0 <= out["slept"] < 5.001
+    assert 5.0 <= out["slept"] < 5.005
     assert out["task_ran_at"] >= 5.0
     counters = summary["counters"]
     assert counters["quiescence_by_proc"] == 0  # the workers' SimpleQueue.get is hooked
