@@ -144,28 +144,31 @@ class HostUse:
     accounting (frozen for Revati's bookkeeping, kept out as CPU contention, jumped)."""
 
     def __init__(self, server: int, client: int) -> None:
-        self.server, self.client = server, client
+        from revati.adapters.session import member
+
+        self.server = server
+        self.member = member()
+        if self.member is not None:
+            with self.member.clock.freeze(), self.member.lock:
+                self.daemon = self.member.client.request("ping")["pid"]
         self.before = self._snapshot(_cpu_s(client)[2])
 
     def _snapshot(self, client_cpu_s: float) -> dict[str, Any]:
-        from revati.adapters.session import member
-
-        m = member()
+        m = self.member
         if m is None:
             return {}
         with m.clock.freeze(), m.lock:
             session = m.client.request("session.status", session=m.session_id)["session"]
-            daemon = m.client.request("ping")["pid"]
         cpu = _tree_cpu_s(self.server)
         cpu["benchmark client"] = client_cpu_s
-        cpu["revatid"] = _cpu_s(daemon)[2]
+        cpu["revatid"] = _cpu_s(self.daemon)[2]
         return {"cpu_s": cpu, **{k: session["counters"][k] for k in
                                  ("virtual_s", "frozen_s", "contended_s", "jumped_s")}}
 
     def result(self, client_cpu_s: float) -> dict[str, Any]:
         """The deltas since construction; `client_cpu_s`: the client's CPU time in all."""
         after = self._snapshot(client_cpu_s)
-        if not after or not self.before:
+        if not after:
             return {}
         cpu = {k: round(v - self.before["cpu_s"].get(k, 0.0), 3)
                for k, v in after["cpu_s"].items()}

@@ -45,6 +45,10 @@ class Quiet:
     members: list[Member]
     running: list[bool]  # per member: some thread runs by its slot (then /proc decides)
 
+    def same(self, other: Quiet) -> bool:
+        """No participant has changed state, and the earliest deadline is the same."""
+        return self.activity == other.activity and self.deadline == other.deadline
+
 
 class Timekeeper:
     def __init__(self, page: Page, members: Callable[[], Iterable[Member]],
@@ -130,7 +134,7 @@ class Timekeeper:
         already sleep again by the time the kernel is asked (in a frozen request to this very
         daemon, say, its message to us unread), so the kernel's answer alone is not enough."""
         again = self._slots()
-        if again is None or again.activity != quiet.activity or again.deadline != quiet.deadline:
+        if again is None or not again.same(quiet):
             return False
         self.decisions.update("proc" if r else "hook" for r in quiet.running)
         return True
@@ -162,7 +166,7 @@ class Timekeeper:
             if self._soon:
                 self._confirm = self.loop.call_later(JOIN_POLL_S, self._retry)
             return
-        if quiet.activity != before.activity or quiet.deadline != before.deadline:
+        if not quiet.same(before):
             self.check()
         elif not self._kernel_agrees(quiet):  # some thread still runs: look again, less often
             delay = min(2 * delay, WATCH_PERIOD_NS / 1e9)
