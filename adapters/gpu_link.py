@@ -23,6 +23,10 @@ class GpuLink(Protocol):
     def freeze(self) -> AbstractContextManager[None]:
         """Context in which the session clock stands still (Revati's own overhead)."""
 
+    def op_freeze(self) -> AbstractContextManager[None]:
+        """freeze() around the handling of one intercepted op; the op's way into Revati
+        before the handler ran (the dispatcher's detour through Python) is kept out too."""
+
     def launch(self, ev: LaunchEvent) -> None:
         """Queue one kernel launch; it starts at max(stream ready, ev.t_ns)."""
 

@@ -79,6 +79,9 @@ class SessionLink:
     def freeze(self) -> AbstractContextManager[None]:
         return self.clock.freeze()
 
+    def op_freeze(self) -> AbstractContextManager[None]:
+        return self.clock.op_freeze()
+
     def launch(self, ev: LaunchEvent) -> None:
         self.buf.append((0, *ev))
         if len(self.buf) >= FLUSH_ITEMS:
@@ -235,6 +238,10 @@ def _install_cuda(_torch: Any) -> None:
     link = SessionLink(_member)
     gpu_link.install(link)
     cuda.install(_member.session["gpu"], _member.session["num_gpus"], link=link)
+    with link.freeze():
+        from revati.adapters.cuda import entry_cost
+
+        _member.clock.set_op_credit(entry_cost.measure_ns())
 
 
 # -- dormant processes and attach

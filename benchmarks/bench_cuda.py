@@ -48,6 +48,8 @@ class BufferLink:
     def freeze(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
+    op_freeze = freeze
+
     def launch(self, ev: LaunchEvent) -> None:
         self.buf.append(ev)
         if len(self.buf) >= 4096:

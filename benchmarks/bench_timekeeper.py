@@ -55,6 +55,11 @@ def main() -> None:
         page.slot_claim(0, os.getpid(), 1)  # a running participant, as in a session's hot path
         freeze = lambda: (page.freeze_enter(), page.freeze_exit())  # noqa: E731
         print(f"freeze enter+exit              {per_call_ns(freeze):7.1f} ns")
+        member = Page(os.path.join(tmp, "page"))  # the op freeze credits a participant's ops
+        member.slot_claim(0, os.getpid(), 1)
+        member.set_op_credit(5000)
+        op_freeze = lambda: (member.freeze_enter_op(), member.freeze_exit())  # noqa: E731
+        print(f"op freeze enter+exit (credit)  {per_call_ns(op_freeze):7.1f} ns")
 
     with private_daemon() as sock:
         out = subprocess.run([*REVATICTL, "--socket", sock, "run", "--", sys.executable, "-c",

@@ -101,7 +101,8 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
         f"  speed-up         {c['speedup']:10.2f} x",
         f"  jumps            {c['jumps']:10d}   ({c['jumped_s']:.3f} s of virtual time skipped)",
         f"  real-time flow   {c['flowed_s']:10.3f} s   (virtual time that passed at real rate)",
-        f"  frozen           {c['frozen_s']:10.3f} s   (Revati's own overhead, kept out)",
+        f"  frozen           {c['frozen_s']:10.3f} s   (Revati's own overhead, kept out; "
+        f"{c.get('op_entry_s', 0.0):.3f} s of it ops' way into Revati)",
         f"  CPU contention   {c.get('contended_s', 0.0):10.3f} s   (real time processes waited "
         "for one of this host's CPUs, kept out)",
         f"  kernel launches  {c['launches']:10d}   collectives {c['collectives']}",

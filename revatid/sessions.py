@@ -186,7 +186,7 @@ class Session:
         for p in list(self.participants.values()):
             if not alive(p.pid):
                 self.leave(p, "died")
-        held, _frozen, _n, idle, _contended = self.page.freeze_stats()
+        held, _frozen, _n, idle, _contended, _credited = self.page.freeze_stats()
         stuck = None
         if held:
             stuck = "a participant has been inside Revati's code (clock frozen)"
@@ -234,7 +234,7 @@ class Session:
             return self.final
         virtual_ns = self.page.now()
         wall = time.monotonic() - self.created_mono
-        count, frozen_ns, freezes, _idle, contended_ns = self.page.freeze_stats()
+        count, frozen_ns, freezes, _idle, contended_ns, credited_ns = self.page.freeze_stats()
         tk = self.timekeeper
         return {
             "id": self.id, "name": self.options["name"], "state": self.state, "gpu": self.gpu,
@@ -254,7 +254,7 @@ class Session:
                 "jumps": tk.jumps, "jumped_s": tk.jumped_ns / 1e9,
                 "flowed_s": max(0.0, (virtual_ns - tk.jumped_ns) / 1e9),
                 "frozen_s": frozen_ns / 1e9, "freezes": freezes, "frozen_now": count,
-                "contended_s": contended_ns / 1e9,
+                "contended_s": contended_ns / 1e9, "op_entry_s": credited_ns / 1e9,
                 "quiescence_by_hook": tk.decisions["hook"],
                 "quiescence_by_proc": tk.decisions["proc"],
                 "trace_dropped": self.trace.dropped,

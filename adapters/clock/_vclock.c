@@ -67,6 +67,7 @@ typedef struct {
     double frac;       /* share of real time not flowing now: 1 frozen, 1 - ncpu/active
                           while more processes run than there are CPUs, else 0 */
     int64_t contended; /* real ns kept out because processes waited for a CPU */
+    int64_t credited;  /* real ns kept out as the ops' way into Revati (freeze_enter_op) */
 } freeze_hdr;
 
 typedef struct {
@@ -104,6 +105,7 @@ typedef struct {
     int writer;
     int my_slot;      /* this participant's slot, -1 until claimed */
     int64_t last;     /* the largest V this process has returned (monotonic clamp) */
+    int64_t op_credit; /* ns: the cost of an op's way into Revati (set_op_credit) */
 } PageObject;
 
 /* Effective monotonic time: real time minus what does not flow. Frozen, it stands still; while
@@ -219,6 +221,7 @@ static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     self->last = INT64_MIN;
+    self->op_credit = 0;
     self->my_slot = -1;
     return 0;
 }
@@ -345,6 +348,44 @@ static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* The freeze around Revati's handling of one intercepted op. The op's way in (the torch
+ * dispatcher's call into Python, before any Revati code can freeze) is Revati's overhead too,
+ * so the last `op_credit` ns of real time are kept out as well, where that is safe: time flows
+ * at full rate (no freeze, no contention), no other participant runs (so nobody else read the
+ * clock in that window; this process's own reads are held monotonic by `last`), and never
+ * beyond the current segment. */
+static PyObject *Page_freeze_enter_op(PageObject *self, PyObject *unused) {
+    freeze_hdr *f = self->frz;
+    spin_lock(&f->lock);
+    int64_t credit = self->op_credit;
+    if (credit > 0 && f->count == 0 && f->frac == 0.0 && self->my_slot >= 0 &&
+        f->running == self->slots[self->my_slot].running) {
+        int64_t since = mono_ns() - f->start;
+        if (credit > since) credit = since;
+        if (credit > 0) {
+            __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+            f->total += credit;
+            f->credited += credit;
+            __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+    freeze_step(f, 1);
+    if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
+    spin_unlock(&f->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Page_set_op_credit(PageObject *self, PyObject *args) {
+    long long ns;
+    if (!PyArg_ParseTuple(args, "L", &ns)) return NULL;
+    if (ns < 0) {
+        PyErr_SetString(PyExc_ValueError, "op credit must be >= 0");
+        return NULL;
+    }
+    self->op_credit = ns;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
     spin_lock(&f->lock);
@@ -392,9 +433,10 @@ static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
     uint32_t count = f->count;
     int64_t sections = f->sections;
     int idle = f->running <= 0;
+    int64_t credited = f->credited;
     spin_unlock(&f->lock);
-    return Py_BuildValue("ILLiL", count - idle, (long long)total, (long long)sections, idle,
-                         (long long)contended);
+    return Py_BuildValue("ILLiLL", count - idle, (long long)total, (long long)sections, idle,
+                         (long long)contended, (long long)credited);
 }
 
 /* ------------------------------------------------------------------ clock writes (revatid) */
@@ -623,10 +665,14 @@ static PyMethodDef Page_methods[] = {
     {"origins", (PyCFunction)Page_origins, METH_NOARGS, "(origin_mono_ns, origin_wall_ns)."},
     {"floor_monotonic", (PyCFunction)Page_floor_monotonic, METH_VARARGS, "Never read below."},
     {"freeze_enter", (PyCFunction)Page_freeze_enter, METH_NOARGS, "Stop the session clock."},
+    {"freeze_enter_op", (PyCFunction)Page_freeze_enter_op, METH_NOARGS,
+     "Stop the clock for an op's handling, its way in (the op credit) kept out too."},
+    {"set_op_credit", (PyCFunction)Page_set_op_credit, METH_VARARGS, "This process's op credit."},
     {"freeze_exit", (PyCFunction)Page_freeze_exit, METH_NOARGS, "Let it run again."},
     {"freeze_release", (PyCFunction)Page_freeze_release, METH_VARARGS, "Drop a slot's freezes."},
     {"freeze_stats", (PyCFunction)Page_freeze_stats, METH_NOARGS,
-     "(freezes held by Revati code, frozen ns, frozen sections, idle freeze on)."},
+     "(freezes held by Revati code, frozen ns, frozen sections, idle freeze on, contended ns, "
+     "credited ns)."},
     {"jump", (PyCFunction)Page_jump, METH_VARARGS, "Jump forward to a virtual time."},
     {"set_rate", (PyCFunction)Page_set_rate, METH_VARARGS, "Set the rate (dilation)."},
     {"poke", (PyCFunction)Page_poke, METH_VARARGS, "Wake a slot's sleepers."},

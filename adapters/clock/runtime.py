@@ -27,9 +27,9 @@ class _Frozen:
 
     __slots__ = ("_enter", "_exit")
 
-    def __init__(self, page: Page) -> None:
-        self._enter = page.freeze_enter
-        self._exit = page.freeze_exit
+    def __init__(self, enter: Callable[[], None], leave: Callable[[], None]) -> None:
+        self._enter = enter
+        self._exit = leave
 
     def __enter__(self) -> None:
         self._enter()
@@ -58,7 +58,8 @@ class VirtualClock:
         self._cancelled: set[int] = set()  # tokens still in the heap, to skip
         self._waker_target = NO_DEADLINE  # the deadline the waker thread sleeps towards
         self._waker: threading.Thread | None = None
-        self._frozen = _Frozen(self.page)
+        self._frozen = _Frozen(self.page.freeze_enter, self.page.freeze_exit)
+        self._op_frozen = _Frozen(self.page.freeze_enter_op, self.page.freeze_exit)
 
     def rebind(self, slot: int) -> None:
         """In a forked child: take a slot of its own; only the forking thread runs."""
@@ -77,6 +78,16 @@ class VirtualClock:
     def freeze(self) -> _Frozen:
         """`with clock.freeze():` stops the session clock for the block."""
         return self._frozen
+
+    def op_freeze(self) -> _Frozen:
+        """`with clock.op_freeze():` around Revati's handling of one intercepted op: a freeze
+        that also keeps out the op's way into Revati (`set_op_credit`), where that is safe."""
+        return self._op_frozen
+
+    def set_op_credit(self, ns: int) -> None:
+        """The real ns an op spends getting from the program into Revati's handler (measured
+        once per process by the virtual CUDA layer)."""
+        self.page.set_op_credit(int(ns))
 
     # -- thread accounting
     def thread_started(self) -> None:

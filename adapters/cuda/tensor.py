@@ -266,7 +266,7 @@ def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
             info = info_of(func)
     if info.plain:
         link = S.link_override if S.link_override is not None else S.link()
-        with link.freeze():
+        with link.op_freeze():
             return _run(func, info, args, kwargs, link)
     if info.handler is not None:
         return info.handler(func, info, args, kwargs)
@@ -277,7 +277,7 @@ def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     if info.inplace_view:
         return _inplace_view(func, args, kwargs)
     link = S.link_override if S.link_override is not None else S.link()
-    with link.freeze():
+    with link.op_freeze():
         return _run(func, info, args, kwargs, link)
 
 
@@ -596,7 +596,7 @@ def _inplace_view(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any
 def _item(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     t = args[0]
     link = S.link()
-    with link.freeze():
+    with link.op_freeze():
         emit(link, t._d, _HOST_COPY, "aten::_local_scalar_dense",
              ops.dtype_name(t.dtype), (t.element_size(), _D2H))
     sync_current(link, t._d, "item()")
@@ -619,25 +619,25 @@ def _copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -
     dst_v, src_v = type(dst) is VirtualTensor, type(src) is VirtualTensor
     link = S.link()
     if dst_v and src_v and dst._d == src._d:
-        with link.freeze():
+        with link.op_freeze():
             return _run(func, info, args, kwargs, link)
     nbytes = ops.tensor_bytes(src)
     dtype = ops.dtype_name(src.dtype)
     if dst_v and src_v:  # between two virtual GPUs
-        with link.freeze():
+        with link.op_freeze():
             emit(link, dst._d, _P2P, "aten::copy_", dtype, (nbytes, src._d))
             if dst._a.host is not None:
                 host_values(dst).copy_(host_values(src))
         return dst
     if dst_v:  # host to device
-        with link.freeze():
+        with link.op_freeze():
             emit(link, dst._d, _HOST_COPY, "aten::copy_", dtype,
                  (nbytes, _H2D))
             if dst._a.host is not None:
                 host_values(dst).copy_(src)
         return dst
     # device to host
-    with link.freeze():
+    with link.op_freeze():
         emit(link, src._d, _HOST_COPY, "aten::copy_", dtype, (nbytes, _D2H))
     if not (non_blocking and is_pinned(dst)):
         sync_current(link, src._d, "copy to host")
@@ -655,7 +655,7 @@ def _to_copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]
                                    device="meta")
     if device is not None and torch.device(device).type == "cpu":  # device to host
         non_blocking = kwargs.get("non_blocking", False)
-        with link.freeze():
+        with link.op_freeze():
             emit(link, t._d, _HOST_COPY, "aten::_to_copy", ops.dtype_name(t.dtype),
                  (ops.tensor_bytes(t), _D2H))
         if not non_blocking:  # a non-blocking copy to the host lands in pinned memory
@@ -668,9 +668,9 @@ def _to_copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]
             return out
     target = t._d if device is None else S.device_index(device)
     if target == t._d:
-        with link.freeze():
+        with link.op_freeze():
             return _run(func, info, args, kwargs, link)
-    with link.freeze():  # between two virtual GPUs
+    with link.op_freeze():  # between two virtual GPUs
         dtype = kwargs.get("dtype") or t.dtype
         emit(link, target, _P2P, "aten::_to_copy", ops.dtype_name(t.dtype),
              (ops.tensor_bytes(t), t._d))
@@ -798,7 +798,7 @@ def _empty_strided_kernel(size: Sequence[int], stride: Sequence[int],
 def _create(size: Sequence[int], stride: Sequence[int], dtype: torch.dtype, device: Any,
             ) -> VirtualTensor:
     link = S.link()
-    with link.freeze():
+    with link.op_freeze():
         return new_tensor(list(size), list(stride), dtype, S.device_index(device), "aten::empty")
 
 

@@ -42,6 +42,8 @@ class RecordingLink:
         self.freezes += 1
         return contextlib.nullcontext()
 
+    op_freeze = freeze
+
     def duration(self, ev: LaunchEvent) -> int:
         if ev.family == Family.GRAPH:
             return sum(self.duration(e) for e in self.graphs[ev.feats[0]])
