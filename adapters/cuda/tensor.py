@@ -342,10 +342,20 @@ def _run(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any], li
     target = info.arg(write[1], write[2], args, kwargs) if write else None
     host_target = type(target) is VirtualTensor and target._a.host is not None
     if dynamic or host_target or (fresh_small and not st[1]):
-        out, outs = _host_run(func, info, args, kwargs, dev)
-        if tmpl is None and not info.nokernel:
-            tmpl = _template(info.name, _convert(args, _META, False),
-                             _convert_kw(kwargs, _META, False), outs)
+        try:
+            out, outs = _host_run(func, info, args, kwargs, dev)
+        except NotImplementedError:
+            if dynamic or host_target:
+                raise
+            # a CUDA-only op (flash attention) has no CPU kernel to compute small results
+            # with: they stay meta-backed, as large ones are
+            if key is not None:
+                _CACHE[key] = (tmpl, spec, False, dynamic)
+            out = _build(spec, args, kwargs, dev, info.name)
+        else:
+            if tmpl is None and not info.nokernel:
+                tmpl = _template(info.name, _convert(args, _META, False),
+                                 _convert_kw(kwargs, _META, False), outs)
     else:
         out = _build(spec, args, kwargs, dev, info.name)
     if tmpl is not None:

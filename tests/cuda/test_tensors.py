@@ -216,3 +216,15 @@ def test_an_invalid_view_raises_the_ops_own_error(vcuda: Any, link: RecordingLin
     for _ in range(2):
         with pytest.raises(RuntimeError, match="expanded size"):
             dst[:, 11:, :] = src
+
+
+def test_a_cuda_only_kernel_on_small_tensors(vcuda: Any, link: RecordingLink) -> None:
+    """Attention on a tiny model: the flash kernel has no CPU implementation to compute small
+    results with, so they are meta-backed, as large ones are (a tiny model crashed here)."""
+    q, k, v = (torch.randn(1, 2, 4, 8, device="cuda") for _ in range(3))
+    for _ in range(2):  # the second call takes the cached decision
+        out = F.scaled_dot_product_attention(q, k, v)
+        assert out.shape == (1, 2, 4, 8)
+    attention = [e for e in link.launches if e.family == Family.ATTENTION]
+    assert len(attention) == 2
+    assert out._a.host is None and out._a.origin == "aten::_scaled_dot_product_flash_attention"
