@@ -4,22 +4,28 @@
     python -m revati.predictors.profiler --out DIR [--device cuda|cpu] [--quick]
     python -m revati.predictors.profiler --specs [--device cuda|cpu]
 
-Grids: GEMMs over LLM layer shapes; attention (scaled_dot_product_attention, and flash-attn /
-FlashInfer when installed) for prefill and decode batches; memory-bound ops (norms,
-activations, adds, copies, embeddings, softmax); on a machine with several GPUs, NCCL
-collectives on 2..N ranks. Features follow the adapter's conventions (features.py). DIR also
-gets spec.json: the device's figures as a specs.json entry (measured peaks), which is the spec
-a bundle uses for a device that specs.json does not list (host-cpu).
+Grids: GEMMs over LLM layer shapes (linear layers: `F.linear` with an [n, k] weight);
+attention (scaled_dot_product_attention, and flash-attn / FlashInfer when installed) for
+prefill and decode batches; memory-bound ops (norms, activations, adds, copies, embeddings,
+softmax); on a machine with several GPUs, NCCL collectives on 2..N ranks. Features follow the
+adapter's conventions (features.py). DIR also gets spec.json: the device's figures as a
+specs.json entry (measured peaks), which is the spec a bundle uses for a device that specs.json
+does not list (host-cpu).
 
 On CUDA each launch's time is its kernels' device time from torch.profiler (no launch gaps,
-as in Vidur's data); on CPU the wall time of the call. Medians over --repeats.
+as in Vidur's data); on CPU the wall time of the call. Medians over --repeats. A GEMM's weight
+rotates through copies that together exceed twice the last-level cache: in a forward pass each
+weight is read once per step, from memory, while one weight timed again and again would be
+read from the cache (on this project's 2-core host, 2-4x too fast for a 1-row GEMM).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -87,31 +93,69 @@ def _nbytes(*tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def cache_bytes(kind: str) -> int:
+    """The device's last-level cache in bytes (the GPU's L2, the CPU's largest cache)."""
+    if kind == "cuda":
+        return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 50 << 20
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        digits = text.rstrip("KMB")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=32 << 20)
+
+
+def _rotating(first: Any, nbytes: int, llc: int, make: Callable[[], Any]) -> Iterator[Any]:
+    """`first` and enough copies (from `make`) to exceed twice `llc`, cycled (at most twice
+    the cache in memory, more only for a weight larger than that)."""
+    copies = math.ceil(2 * llc / max(nbytes, 1))
+    return itertools.cycle([first] + [make() for _ in range(copies - 1)])
+
+
 # -- grids: each yields (family, op, dtype, feats, fn)
 
 Case = tuple[Family, str, str, tuple[int, ...], Callable[[], Any]]
 
 
+def _gemm_rows(top: int) -> list[int]:
+    """Row counts (tokens) to time: every count to 8, where decode batches live and a small
+    GEMM's kernel changes with each row (interpolating there gave a 3-row GEMM less time than
+    a 1-row one), then powers of two and the counts halfway between."""
+    rows = set(range(1, 9))
+    m = 8
+    while m < top:
+        rows.update((m + m // 2, 2 * m))
+        m *= 2
+    return sorted(rows)
+
+
 def gemm_cases(dev: Device, quick: bool) -> Iterator[Case]:
     if dev.kind == "cpu":
         dtypes = ["fp32"] if quick else ["fp32", "bf16"]
-        shapes = [(512, 512), (1024, 1024), (2048, 512), (512, 2048)]
+        shapes = [(256, 512), (512, 512), (1024, 1024), (2048, 512), (512, 2048)]
         if not quick:
             shapes += [(4096, 4096), (11008, 4096), (4096, 11008)]
-        ms = [2**i for i in range(8 if quick else 11)]
+        ms = _gemm_rows(128 if quick else 1024)
     else:
         dtypes = ["bf16", "fp16"] if not quick else ["bf16"]
         shapes = [(4096, 4096), (6144, 4096), (12288, 4096), (4096, 11008), (22016, 4096),
                   (8192, 8192), (28672, 8192), (8192, 28672), (1024, 1024), (2560, 2560)]
         if quick:
             shapes = shapes[:4]
-        ms = [2**i for i in range(15)] + [3 * 2**i for i in range(2, 13)]
+        ms = _gemm_rows(16384)
+    llc = cache_bytes(dev.kind)
     for dtype in dtypes:
         for n, k in shapes:
-            b = dev.tensor(k, n, dtype=dtype)
+            # a linear layer's weight, [n, k] as models keep it (the layout changes a CPU
+            # GEMM's time by up to 2x)
+            w = dev.tensor(n, k, dtype=dtype)
+            weights = _rotating(w, _nbytes(w), llc, partial(dev.tensor, n, k, dtype=dtype))
             for m in ms:
                 a = dev.tensor(m, k, dtype=dtype)
-                yield Family.GEMM, "aten::mm", dtype, (m, n, k, 1), lambda a=a, b=b: a @ b
+                yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
+                    lambda a=a, w=weights: F.linear(a, next(w))
 
 
 def _attention_shapes(dev: Device, quick: bool) -> list[tuple[int, int, int, int, int, int]]:

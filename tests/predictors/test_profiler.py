@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,29 @@ def test_profiler_refuses_to_run_inside_a_session(tmp_path: Path) -> None:
                         str(tmp_path), "--device", "cpu"], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "REVATI_SESSION": "abc"})
     assert r.returncode == 2 and "inside a Revati session" in r.stderr
+
+
+def test_gemm_weights_stream_from_memory_as_in_a_forward_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successive timed calls of a GEMM case read different copies of its [n, k] weight, and
+    the copies exceed twice the last-level cache: a weight read again at once would come from
+    the cache and time too fast."""
+    from revati.predictors import profiler
+
+    llc = profiler.cache_bytes("cpu")
+    assert llc >= 1 << 20
+    weights: dict[int, int] = {}
+    linear = profiler.F.linear
+
+    def recording(a: Any, w: Any) -> Any:  # F.linear, noting the weight it reads
+        weights[w.data_ptr()] = w.numel() * w.element_size()
+        return linear(a, w)
+
+    monkeypatch.setattr(profiler.F, "linear", recording)
+    dev = profiler.Device("cpu", repeats=1)
+    family, op, _, (m, n, k, batch), fn = next(profiler.gemm_cases(dev, quick=True))
+    assert (family, op, batch) == (Family.GEMM, "aten::linear", 1)
+    for _ in range(200):
+        assert tuple(fn().shape) == (m, n)
+    assert set(weights.values()) == {n * k * 4}
+    assert sum(weights.values()) >= 2 * llc
