@@ -34,52 +34,19 @@ VENV="${REVATI_SGLANG_VENV:-$ROOT/.venv-sglang}"
 MARKER="$VENV/.revati-sglang-env"
 LOG="$VENV/setup.log"
 
-FORCE=0
-CHECK_ONLY=0
-for arg in "$@"; do
-    case "$arg" in
-        --force) FORCE=1 ;;
-        --check) CHECK_ONLY=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "setup_sglang_env: unknown argument: $arg" >&2; exit 2 ;;
-    esac
-done
-
-T0=$(date +%s)
-say() { printf '[setup_sglang_env %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
-die() { say "ERROR: $*" >&2; exit 1; }
-
-export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
+NAME=setup_sglang_env
+HELP_LINES="2,22p"
+# shellcheck source=scripts/venv_lib.sh
+. "$ROOT/scripts/venv_lib.sh"
 export SGLANG_DISABLE_USAGE_STATS=1
-exec </dev/null
 
-# --- helpers ------------------------------------------------------------------------------------
-pick_python() {
-    local c
-    for c in "${REVATI_PYTHON:-}" /root/.pyenv/versions/3.11.7/bin/python python3.11 python3; do
-        [ -n "$c" ] || continue
-        if command -v "$c" >/dev/null 2>&1 &&
-           "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-            command -v "$c"; return 0
-        fi
-    done
-    return 1
-}
-
-repo_hash() { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" | sha256sum | cut -c1-16; }
-
-# Two parts: the SGLang base (minutes) and this checkout's editable install (seconds).
+# The pinned versions: the first part of the marker.
 base_marker() {
     printf 'schema=%s\nsglang=%s\ntorch=%s\ntorchvision=%s\n' \
         "$MARKER_SCHEMA" "$SGLANG_VERSION" "$TORCH_VERSION" "$TORCHVISION_VERSION"
 }
-expected_marker() {
-    base_marker
-    printf 'repo=%s\nrepo_packaging=%s\n' "$ROOT" "$(repo_hash)"
-}
 
-# Cheap check of the installed versions (metadata only: no import of sglang or torch).
+# Cheap check of the installed versions (reads metadata only: no import of sglang or torch).
 base_ok() {
     [ -x "$VENV/bin/python" ] || return 1
     "$VENV/bin/python" - "$SGLANG_VERSION" "$TORCH_VERSION" "$TORCHVISION_VERSION" <<'PY'
@@ -97,47 +64,8 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-revati_ok() {
-    "$VENV/bin/python" - "$ROOT" <<'PY'
-import sys, importlib.util, pathlib
-root = pathlib.Path(sys.argv[1]).resolve()
-spec = importlib.util.find_spec("revati.adapters")
-ok = spec is not None and spec.origin is not None and pathlib.Path(spec.origin).resolve().is_relative_to(root)
-sys.exit(0 if ok else 1)
-PY
-}
-
-pip_() {
-    local rc
-    set +o pipefail
-    "$VPY" -m pip "$@" 2>&1 | tee -a "$LOG" |
-        grep -P --line-buffered '^(Successfully|ERROR|WARNING: (?!Location ))' | sed -u 's/^/    /'
-    rc=${PIPESTATUS[0]}
-    set -o pipefail
-    return "$rc"
-}
-
 # --- 0. reuse -----------------------------------------------------------------------------------
-if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$(expected_marker)" ] &&
-   base_ok && revati_ok; then
-    say "reusing $VENV (sglang $SGLANG_VERSION, torch $TORCH_VERSION, revati from $ROOT; marker matches)"
-    exit 0
-fi
-if [ "$CHECK_ONLY" = 1 ]; then
-    say "$VENV is missing or incomplete"
-    exit 1
-fi
-VPY="$VENV/bin/python"
-if [ "$FORCE" = 0 ] && [ -f "$MARKER" ] && [ "$(head -n4 "$MARKER")" = "$(base_marker)" ] && base_ok; then
-    say "SGLang base in $VENV is complete; (re)installing revati editable from $ROOT"
-    rm -f "$MARKER"
-    : >>"$LOG"
-    pip_ install --no-build-isolation -e "$ROOT[test]" || die "editable install of $ROOT failed (see $LOG)"
-    revati_ok || die "revati is not importable from $ROOT after the install"
-    expected_marker >"$MARKER"
-    say "done: $VENV is complete"
-    exit 0
-fi
+venv_reuse "sglang $SGLANG_VERSION, torch $TORCH_VERSION"
 
 PY="$(pick_python)" || die "no Python 3.11 found (set REVATI_PYTHON)"
 say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
