@@ -67,81 +67,18 @@ PY
 # --- 0. reuse -----------------------------------------------------------------------------------
 venv_reuse "sglang $SGLANG_VERSION, torch $TORCH_VERSION"
 
-PY="$(pick_python)" || die "no Python 3.11 found (set REVATI_PYTHON)"
-say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
-say "venv:   $VENV"
-
-# --- 1. the venv --------------------------------------------------------------------------------
-rm -f "$MARKER"
-if [ "$FORCE" = 0 ] && [ -x "$VPY" ] &&
-   "$VPY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-    say "step 1/6: reusing the existing, incomplete venv; pip installs what is missing"
-else
-    say "step 1/6: creating the venv"
-    rm -rf "$VENV"
-    "$PY" -m venv "$VENV"
-fi
-: >"$LOG"
-
-say "step 2/6: upgrading pip in the venv"
-pip_ install --quiet --upgrade "pip>=25.1" || die "pip upgrade failed (see $LOG)"
+# --- 1. the venv and pip -------------------------------------------------------------------------
+venv_create
 
 # --- 2. pip's site configuration ----------------------------------------------------------------
 # This machine's pip configuration (/etc/xdg/pip) names a constraints file that caps torch and
 # torchvision (torch<=2.14.1, torchvision<=0.29.1 when written); its extra indexes hold the
-# CUDA build of torch 2.14.1 and the nvidia-* wheels on local disk. If a configured constraint
-# excludes a pin, pip runs without the site configuration (PIP_CONFIG_FILE=/dev/null) and
-# takes everything from PyPI (several GB of CUDA wheels).
-say "step 3/6: checking pip's configured constraints"
-CONFLICTS="$("$VPY" - "$SGLANG_VERSION" "$TORCH_VERSION" "$TORCHVISION_VERSION" <<'PY'
-import subprocess, sys
-from pip._vendor.packaging.requirements import Requirement
-from pip._vendor.packaging.utils import canonicalize_name
-sglang_v, torch_v, tv_v = sys.argv[1:]
-# sglang 0.5.23's exact pins on the torch family (its METADATA)
-need = {"torch": torch_v, "torchvision": tv_v, "torchaudio": "2.11.0", "torchcodec": "0.17.0",
-        "sglang": sglang_v, "sglang-kernel": "0.4.10", "flashinfer-python": "0.7.2",
-        "transformers": "5.19.0"}
-out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                     capture_output=True, text=True).stdout
-files = []
-for line in out.splitlines():
-    key, _, val = line.partition("=")
-    if key.endswith((".constraint", ".constraints")):
-        files += val.strip().strip("'\"").split()
-bad = []
-for f in files:
-    try:
-        lines = open(f).read().splitlines()
-    except OSError:
-        continue
-    for raw in lines:
-        raw = raw.split("#")[0].strip()
-        if not raw or raw.startswith("-"):
-            continue
-        try:
-            req = Requirement(raw)
-        except Exception:
-            continue
-        v = need.get(canonicalize_name(req.name))
-        if v is None:
-            continue
-        if req.specifier.contains(v, prereleases=True):
-            print(f"    {f}: '{raw}' admits {req.name}=={v}", file=sys.stderr)
-        else:
-            bad.append(f"{f}: '{raw}' excludes {req.name}=={v}")
-print("\n".join(bad))
-PY
-)"
-if [ -n "$CONFLICTS" ]; then
-    say "pip's site constraints exclude a pinned version:"
-    printf '    %s\n' "$CONFLICTS"
-    say "running pip without the site configuration (PIP_CONFIG_FILE=/dev/null) for this install"
-    export PIP_CONFIG_FILE=/dev/null
-    unset PIP_CONSTRAINT PIP_FIND_LINKS PIP_EXTRA_INDEX_URL || true
-else
-    say "configured constraints (if any) admit sglang $SGLANG_VERSION's pins"
-fi
+# CUDA build of torch 2.14.1 and the nvidia-* wheels on local disk. If a constraint excludes a
+# pin, everything comes from PyPI (several GB of CUDA wheels). The pins: sglang 0.5.23's exact
+# ones on the torch family (its METADATA).
+site_constraints "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" torchaudio==2.11.0 \
+    torchcodec==0.17.0 "sglang==$SGLANG_VERSION" sglang-kernel==0.4.10 \
+    flashinfer-python==0.7.2 transformers==5.19.0
 
 # --- 3. SGLang, torch and this repo, in one resolve ----------------------------------------------
 say "step 4/6: installing sglang==$SGLANG_VERSION, torch==$TORCH_VERSION (CUDA build) and revati (-e $ROOT[test]); full log: $LOG"

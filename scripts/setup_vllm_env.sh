@@ -60,76 +60,16 @@ PY
 # --- 0. reuse -----------------------------------------------------------------------------------
 venv_reuse "vllm $VLLM_VERSION, torch $TORCH_VERSION+cpu"
 
-PY="$(pick_python)" || die "no Python 3.11 found (set REVATI_PYTHON)"
-say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
-say "venv:   $VENV"
+# --- 1. the venv and pip -------------------------------------------------------------------------
+venv_create
 
-# --- 1. the venv --------------------------------------------------------------------------------
-rm -f "$MARKER"
-if [ -x "$VPY" ] && "$VPY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-    say "step 1/6: reusing the existing, incomplete venv; pip installs what is missing"
-else
-    say "step 1/6: creating the venv"
-    rm -rf "$VENV"
-    "$PY" -m venv "$VENV"
-fi
-: >"$LOG"
-
-say "step 2/6: upgrading pip in the venv"
-pip_ install --quiet --upgrade "pip>=25.1" || die "pip upgrade failed (see $LOG)"
-
-# --- 2. pip's site configuration: the torch cap ------------------------------------------------
+# --- 2. pip's site configuration: the torch cap -------------------------------------------------
 # This machine's pip configuration (/etc/xdg/pip) names a constraints file that caps torch and
 # torchvision. vLLM 0.32.0 needs torch==2.13.0, torchvision==0.28.0 and torchaudio==2.11.0 to
-# resolve. If a configured constraint excludes one of those, pip runs without the site
-# configuration (PIP_CONFIG_FILE=/dev/null) and the local wheel folder is passed explicitly.
-say "step 3/6: checking pip's configured constraints"
-CONFLICTS="$("$VPY" - <<'PY'
-import subprocess, sys
-from pip._vendor.packaging.requirements import Requirement
-from pip._vendor.packaging.utils import canonicalize_name
-need = {"torch": "2.13.0", "torchvision": "0.28.0", "torchaudio": "2.11.0", "vllm": "0.32.0"}
-out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                     capture_output=True, text=True).stdout
-files = []
-for line in out.splitlines():
-    key, _, val = line.partition("=")
-    if key.endswith((".constraint", ".constraints")):
-        files += val.strip().strip("'\"").split()
-bad = []
-for f in files:
-    try:
-        lines = open(f).read().splitlines()
-    except OSError:
-        continue
-    for raw in lines:
-        raw = raw.split("#")[0].strip()
-        if not raw or raw.startswith("-"):
-            continue
-        try:
-            req = Requirement(raw)
-        except Exception:
-            continue
-        v = need.get(canonicalize_name(req.name))
-        if v is None:
-            continue
-        if req.specifier.contains(v, prereleases=True):
-            print(f"    {f}: '{raw}' admits {req.name}=={v}", file=sys.stderr)
-        else:
-            bad.append(f"{f}: '{raw}' excludes {req.name}=={v}")
-print("\n".join(bad))
-PY
-)"
+# resolve; if the cap excludes one, the local wheel folder is passed explicitly below.
+site_constraints "torch==$TORCH_VERSION" torchvision==0.28.0 torchaudio==2.11.0 \
+    "vllm==$VLLM_VERSION"
 PIP_EXTRA=()
-if [ -n "$CONFLICTS" ]; then
-    say "pip's site constraints exclude a pinned version:"
-    printf '    %s\n' "$CONFLICTS"
-    say "running pip without the site configuration (PIP_CONFIG_FILE=/dev/null) for this install"
-    export PIP_CONFIG_FILE=/dev/null
-    unset PIP_CONSTRAINT || true
-else
-    say "configured constraints (if any) admit torch $TORCH_VERSION and vLLM's pins"
-fi
 
 # The CPU build of torch lies on local disk; naming the file keeps pip from ever taking PyPI's
 # multi-GB CUDA build of torch 2.13.0.

@@ -4,7 +4,8 @@
 #   ROOT     this checkout                                 HELP_LINES          sed range of --help
 # and define base_marker (the pinned versions, one per line) and base_ok (are they installed?).
 # It parses --force / --check, sets the non-interactive environment, and gives: say, die,
-# pick_python, expected_marker, revati_ok, pip_ and venv_reuse.
+# expected_marker, revati_ok, pip_, and the steps venv_reuse, venv_create and
+# site_constraints.
 
 FORCE=0
 CHECK_ONLY=0
@@ -99,5 +100,82 @@ venv_reuse() {
         expected_marker >"$MARKER"
         say "done: $VENV is complete"
         exit 0
+    fi
+}
+
+# Steps 1 and 2: the venv (an existing, incomplete one is kept unless --force: pip installs
+# what is missing), then a recent pip in it.
+venv_create() {
+    local py
+    py="$(pick_python)" || die "no Python 3.11 found (set REVATI_PYTHON)"
+    say "python: $py ($("$py" -c 'import sys; print(sys.version.split()[0])'))"
+    say "venv:   $VENV"
+    rm -f "$MARKER"
+    if [ "$FORCE" = 0 ] && [ -x "$VPY" ] &&
+       "$VPY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+        say "step 1/6: reusing the existing, incomplete venv; pip installs what is missing"
+    else
+        say "step 1/6: creating the venv"
+        rm -rf "$VENV"
+        "$py" -m venv "$VENV"
+    fi
+    : >"$LOG"
+    say "step 2/6: upgrading pip in the venv"
+    pip_ install --quiet --upgrade "pip>=25.1" || die "pip upgrade failed (see $LOG)"
+}
+
+# Step 3: do the constraints files named in pip's site configuration admit the pins (arguments
+# "name==version")? If one is excluded, pip runs without the site configuration for this
+# install (PIP_CONFIG_FILE=/dev/null, and no PIP_CONSTRAINT / PIP_FIND_LINKS /
+# PIP_EXTRA_INDEX_URL from the environment). Sets SITE_CONFIG_IGNORED=1 then.
+site_constraints() {
+    say "step 3/6: checking pip's configured constraints"
+    local conflicts
+    conflicts="$("$VPY" - "$@" <<'PY'
+import subprocess, sys
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+need = {canonicalize_name(n): v for n, v in (a.split("==") for a in sys.argv[1:])}
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                     capture_output=True, text=True).stdout
+files = []
+for line in out.splitlines():
+    key, _, val = line.partition("=")
+    if key.endswith((".constraint", ".constraints")):
+        files += val.strip().strip("'\"").split()
+bad = []
+for f in files:
+    try:
+        lines = open(f).read().splitlines()
+    except OSError:
+        continue
+    for raw in lines:
+        raw = raw.split("#")[0].strip()
+        if not raw or raw.startswith("-"):
+            continue
+        try:
+            req = Requirement(raw)
+        except Exception:
+            continue
+        v = need.get(canonicalize_name(req.name))
+        if v is None:
+            continue
+        if req.specifier.contains(v, prereleases=True):
+            print(f"    {f}: '{raw}' admits {req.name}=={v}", file=sys.stderr)
+        else:
+            bad.append(f"{f}: '{raw}' excludes {req.name}=={v}")
+print("\n".join(bad))
+PY
+)"
+    SITE_CONFIG_IGNORED=0
+    if [ -n "$conflicts" ]; then
+        say "pip's site constraints exclude a pinned version:"
+        printf '    %s\n' "$conflicts"
+        say "running pip without the site configuration (PIP_CONFIG_FILE=/dev/null) for this install"
+        export PIP_CONFIG_FILE=/dev/null
+        unset PIP_CONSTRAINT PIP_FIND_LINKS PIP_EXTRA_INDEX_URL || true
+        SITE_CONFIG_IGNORED=1
+    else
+        say "configured constraints (if any) admit the pins: $*"
     fi
 }
