@@ -238,6 +238,8 @@ def _install_cuda(_torch: Any) -> None:
     link = SessionLink(_member)
     gpu_link.install(link)
     cuda.install(_member.session["gpu"], _member.session["num_gpus"], link=link)
+    # Measured here, as torch's import ends: the program's other threads cannot use virtual
+    # CUDA yet, so the probe link stands in for nobody else's launches.
     with link.freeze():
         from revati.adapters.cuda import entry_cost
 

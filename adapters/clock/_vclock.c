@@ -349,8 +349,9 @@ static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
 }
 
 /* The freeze around Revati's handling of one intercepted op. The op's way in (the torch
- * dispatcher's call into Python, before any Revati code can freeze) is Revati's overhead too,
- * so the last `op_credit` ns of real time are kept out as well, where that is safe: time flows
+ * dispatcher's call into Python, before any Revati code can freeze) and the previous op's way
+ * back are Revati's overhead too, so the last `op_credit` ns of real time (their measured cost
+ * per op) are kept out as well, where that is safe: time flows
  * at full rate (no freeze, no contention), no other participant runs (so nobody else read the
  * clock in that window; this process's own reads are held monotonic by `last`), and never
  * beyond the current segment. */

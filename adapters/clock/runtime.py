@@ -85,8 +85,9 @@ class VirtualClock:
         return self._op_frozen
 
     def set_op_credit(self, ns: int) -> None:
-        """The real ns an op spends getting from the program into Revati's handler (measured
-        once per process by the virtual CUDA layer)."""
+        """The real ns an op spends on its way into Revati's handler and back, beyond what
+        its dispatch costs on a real device (measured once per process by the virtual CUDA
+        layer: revati.adapters.cuda.entry_cost)."""
         self.page.set_op_credit(int(ns))
 
     # -- thread accounting
