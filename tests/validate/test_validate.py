@@ -150,7 +150,7 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "bundles" / "host-cpu" / "bundle.json").is_file()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
-    # Measured 2026-11-29 with --repeats 3: TTFT -10 to -12%, TPOT -2 to -4%, E2E -5 to -9%,
+    # Measured 2026-11-29 with --repeats 3: TTFT -6 to -12%, TPOT -1 to -4%, E2E -5 to -9%,
     # and -28% / -19% / -16% in a run taken while the host was slow (docs/validation.md).
     # This guards against regressions of the mechanism (a broken capture or prediction is off
     # by several times), not the 10% target.
