@@ -25,7 +25,8 @@ class GpuLink(Protocol):
 
     def op_freeze(self) -> AbstractContextManager[None]:
         """freeze() around the handling of one intercepted op; the op's way into Revati
-        before the handler ran (the dispatcher's detour through Python) is kept out too."""
+        before the handler ran and the previous op's way back (the dispatcher's detour
+        through Python) are kept out too."""
 
     def launch(self, ev: LaunchEvent) -> None:
         """Queue one kernel launch; it starts at max(stream ready, ev.t_ns)."""
