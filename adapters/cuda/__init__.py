@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 from revati.adapters.cuda.oracle import TokenOracle
 
 if TYPE_CHECKING:
+    import torch
+
     from revati.adapters.cuda.state import State
     from revati.adapters.gpu_link import GpuLink
 
 __all__ = ["DEFAULT_CONTEXT_BYTES", "DEFAULT_HOST_BYTES", "DEFAULT_HOST_FLOAT_BYTES",
-           "TokenOracle", "install", "is_installed", "launch", "set_oracle"]
+           "TokenOracle", "install", "is_installed", "launch", "set_oracle",
+           "uva_view"]
 
 DEFAULT_HOST_BYTES = 1 << 20
 """Integer and boolean allocations up to this size are host-backed: their values are real."""
@@ -149,6 +152,15 @@ def set_oracle(oracle: TokenOracle) -> None:
     from revati.adapters.cuda.state import S
 
     S.oracle = oracle
+
+
+def uva_view(cpu_tensor: torch.Tensor, device: int | None = None) -> torch.Tensor:
+    """A virtual `cuda` view of a (pinned) CPU tensor, as `cudaHostGetDevicePointer` gives
+    under unified virtual addressing: device code sees the host's values, live."""
+    from revati.adapters.cuda.state import THREAD
+    from revati.adapters.cuda.tensor import uva_view as view
+
+    return view(cpu_tensor, THREAD.device if device is None else device)
 
 
 def launch(family: int, op: str, dtype: str, feats: tuple[int, ...],

@@ -150,6 +150,15 @@ class Allocation:
         self.host = host
         self.origin = origin
 
+    @classmethod
+    def mapped(cls, host: Any, origin: str) -> Allocation:
+        """Pinned host memory seen from the device (CUDA's unified virtual addressing): no
+        device memory is taken, and the device address is the host's, as with UVA."""
+        a = cls.__new__(cls)
+        a.mem, a.size, a.address = None, 0, host.data_ptr()
+        a.nbytes, a.host, a.origin = host.nbytes(), host, origin
+        return a
+
     def __del__(self) -> None:
         mem = self.mem
         if mem is not None:

@@ -134,6 +134,16 @@ def new_tensor(size: Sequence[int], stride: Sequence[int], dtype: torch.dtype, d
     return _wrap(size, stride, 0, dtype, dev, Allocation(S.mem[dev], nbytes, None, origin), None)
 
 
+def uva_view(cpu: torch.Tensor, dev: int) -> VirtualTensor:
+    """A `cuda:dev` view of host memory (CUDA's UVA): kernels read and write the host's values
+    in place, so the view is host-backed by `cpu`'s own storage, whatever its size, and takes
+    no device memory."""
+    if cpu.device.type != "cpu":
+        raise ValueError(f"a UVA view needs a CPU tensor, not one on {cpu.device}")
+    return _wrap(cpu.shape, cpu.stride(), cpu.storage_offset(), cpu.dtype, dev,
+                 Allocation.mapped(cpu.untyped_storage(), "uva"), cpu)
+
+
 # -- values
 _limits: dict[torch.dtype, int] = {}
 
@@ -216,9 +226,15 @@ class _Info:
         for ret in schema.returns:
             kind, pos, name = FRESH, -1, ""
             if ret.alias_info is not None:
+                ret_set = set(ret.alias_info.before_set)
                 for i, arg in enumerate(schema.arguments):
-                    if arg.alias_info is not None and (set(arg.alias_info.before_set)
-                                                       & set(ret.alias_info.before_set)):
+                    if arg.alias_info is None:
+                        continue
+                    arg_set = set(arg.alias_info.before_set)
+                    # `Tensor(a)[]` (unbind, split, chunk): the schema keeps the alias set on
+                    # the list's elements, and the list's own is empty; the input that may
+                    # alias anything (`Tensor(a -> *)`) is their base.
+                    if arg_set & ret_set or (not ret_set and "*" in arg.alias_info.after_set):
                         kind = WRITE if ret.alias_info.is_write else VIEW
                         pos, name = (-1 if arg.kwarg_only else i), arg.name
                         break

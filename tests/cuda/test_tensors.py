@@ -228,3 +228,41 @@ def test_a_cuda_only_kernel_on_small_tensors(vcuda: Any, link: RecordingLink) ->
     attention = [e for e in link.launches if e.family == Family.ATTENTION]
     assert len(attention) == 2
     assert out._a.host is None and out._a.origin == "aten::_scaled_dot_product_flash_attention"
+
+
+def test_uva_view_shares_host_memory_and_takes_no_device_memory(vcuda: Any,
+                                                                 link: RecordingLink) -> None:
+    from revati.adapters import cuda
+
+    host = torch.zeros(3 << 20, dtype=torch.int32)  # 12 MiB: larger than any host-backed limit
+    before = torch.cuda.memory_allocated()
+    view = cuda.uva_view(host)
+    assert is_virtual(view) and view.shape == host.shape
+    assert torch.cuda.memory_allocated() == before  # pinned host memory, not the GPU's
+    assert view.data_ptr() == host.data_ptr()  # UVA: one address for host and device
+    host[5] = 42  # the host writes, the device view sees it (and the other way round)
+    assert view[5].item() == 42
+    view[7:9].fill_(3)
+    assert host[7:9].tolist() == [3, 3]
+    with pytest.raises(ValueError, match="CPU tensor"):
+        cuda.uva_view(torch.zeros(2, device="cuda"))
+
+
+def test_list_views_share_their_base(vcuda: Any, link: RecordingLink) -> None:
+    """unbind/split/chunk return views (`Tensor(a)[]`): no new memory, values shared, and in
+    inference mode a view of a normal tensor stays a normal tensor (autograd sets its version
+    counter; vLLM's V2 runner iterates such a tensor while capturing graphs)."""
+    base = torch.zeros(2, 1 << 20, dtype=torch.int64, device="cuda")  # meta-backed
+    small = torch.zeros(4, 6, dtype=torch.int32, device="cuda")  # host-backed
+    before = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        rows = list(base)
+        parts = small.split(2)
+        chunks = small.chunk(3, dim=1)
+    assert torch.cuda.memory_allocated() == before
+    assert [r.data_ptr() for r in rows] == [base.data_ptr(), base.data_ptr() + (8 << 20)]
+    assert not any(r.is_inference() for r in rows)
+    parts[1].fill_(5)
+    chunks[2].fill_(7)
+    values = small.tolist()
+    assert values[2] == [5, 5, 5, 5, 7, 7] and values[0] == [0, 0, 0, 0, 7, 7]
