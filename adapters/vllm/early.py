@@ -12,14 +12,14 @@ def install() -> None:
     if _done:
         return
     _done = True
-    import os
-
     import torch._dynamo
+    import vllm.utils.torch_utils as torch_utils
 
-    # vLLM 0.32 picks its V2 model runner wherever Triton finds a GPU (here: the virtual
-    # one). V2 keeps request state on the device, updated by Triton kernels that would need
-    # host stand-ins; Revati runs the V1 runner until those exist (docs/vllm.md).
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    from revati.adapters.cuda import uva_view
+
+    # Pinned host buffers seen from the device (V2's request state and staging buffers):
+    # vLLM asks its `_C` extension, which exists only for real CUDA platforms.
+    torch_utils.get_accelerator_view_from_cpu_tensor = uva_view
 
     # Module-level @torch.compile helpers (masked embedding for TP>1, logprobs, samplers)
     # would trace virtual tensors with Dynamo, which asks the real accelerator for streams.
