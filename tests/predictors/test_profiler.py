@@ -81,7 +81,9 @@ def test_gemm_weights_stream_from_memory_as_in_a_forward_pass(
     dev = profiler.Device("cpu", repeats=1)
     family, op, _, (m, n, k, batch), fn = next(profiler.gemm_cases(dev, quick=True))
     assert (family, op, batch) == (Family.GEMM, "aten::linear", 1)
-    for _ in range(200):
+    # one cycle of the copies and more: how many follows this host's cache (260 MiB of L3 on
+    # some of the hosts CI runs on)
+    for _ in range(-(-2 * llc // (n * k * 4)) + 1):
         assert tuple(fn().shape) == (m, n)
     assert set(weights.values()) == {n * k * 4}
     assert sum(weights.values()) >= 2 * llc
