@@ -27,6 +27,13 @@ from revati.adapters.clock.runtime import VirtualClock
 from revati.adapters.postimport import when_imported
 from revati.predictors.launch import LaunchEvent
 from revati.revatid.client import Client
+from revati.revatid.protocol import (
+    ITEM_COLLECTIVE,
+    ITEM_LAUNCH,
+    ITEM_RECORD,
+    ITEM_RUN,
+    ITEM_WAIT,
+)
 
 ENV_SOCKET = "REVATI_SOCKET"
 ENV_SESSION = "REVATI_SESSION"
@@ -83,20 +90,27 @@ class SessionLink:
         return self.clock.op_freeze()
 
     def launch(self, ev: LaunchEvent) -> None:
-        self.buf.append((0, *ev))
+        self.buf.append((ITEM_LAUNCH, *ev))
+        if len(self.buf) >= FLUSH_ITEMS:
+            self._flush()
+
+    def launch_run(self, ev: LaunchEvent, count: int) -> None:
+        """`count` launches of `ev` back to back, as one item: revatid predicts it once
+        (a graph replay's identical dynamic nodes, see revati.adapters.cuda.graphs)."""
+        self.buf.append((ITEM_RUN, count, *ev))
         if len(self.buf) >= FLUSH_ITEMS:
             self._flush()
 
     def record_event(self, device: int, stream: int, event_id: int) -> None:
-        self.buf.append((1, device, stream, event_id))
+        self.buf.append((ITEM_RECORD, device, stream, event_id))
 
     def stream_wait_event(self, device: int, stream: int, event_id: int) -> None:
-        self.buf.append((2, device, stream, event_id))
+        self.buf.append((ITEM_WAIT, device, stream, event_id))
 
     def collective(self, ev: LaunchEvent, group: str, rank: int) -> None:
         # Sent now: other ranks wait for it, and this one may go idle without another flush
         # (a pipeline stage's send of its activations, then a wait for the next step).
-        self.buf.append((3, group, rank, *ev))
+        self.buf.append((ITEM_COLLECTIVE, group, rank, *ev))
         self._flush()
 
     def _flush(self) -> None:
@@ -114,6 +128,13 @@ class SessionLink:
         with m.lock:
             return m.client.request(kind, **fields)
 
+    def _query(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A request that must see every launch so far: the buffered ones go with it, as its
+        `batch` (one message and one reply instead of a gpu.launch and the request)."""
+        if self.buf:
+            fields["batch"], self.buf = self.buf, []
+        return self._request(kind, **fields)
+
     def register_graph(self, events: list[LaunchEvent]) -> int:
         with self.clock.freeze():
             self._flush()
@@ -121,8 +142,7 @@ class SessionLink:
 
     def _wait(self, kind: str, **fields: Any) -> int:
         with self.clock.freeze():
-            self._flush()
-            reply = self._request(kind, **fields)
+            reply = self._query(kind, **fields)
         if reply.get("pending"):
             # A collective whose other ranks have not arrived: wait for them, unfrozen.
             with self.clock.waiting():
@@ -140,8 +160,7 @@ class SessionLink:
 
     def event_time_ns(self, event_id: int) -> int | None:
         with self.clock.freeze():
-            self._flush()
-            return self._request("gpu.event_time", event=event_id)["t_ns"]
+            return self._query("gpu.event_time", event=event_id)["t_ns"]
 
 
 _member: Participant | None = None

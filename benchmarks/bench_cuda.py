@@ -39,7 +39,7 @@ class BufferLink:
     def __init__(self) -> None:
         self.clock = 0
         self.ready: dict[tuple[int, int], int] = {}
-        self.buf: list[LaunchEvent] = []
+        self.buf: list[tuple[LaunchEvent, int]] = []  # (launch, count)
         self.graphs: dict[int, int] = {}
 
     def now_ns(self) -> int:
@@ -51,15 +51,18 @@ class BufferLink:
     op_freeze = freeze
 
     def launch(self, ev: LaunchEvent) -> None:
-        self.buf.append(ev)
+        self.launch_run(ev, 1)
+
+    def launch_run(self, ev: LaunchEvent, count: int) -> None:
+        self.buf.append((ev, count))
         if len(self.buf) >= 4096:
             self._apply()
 
     def _apply(self) -> None:
-        for ev in self.buf:
+        for ev, count in self.buf:
             key = (ev.device, ev.stream)
             d = self.graphs[ev.feats[0]] if ev.family == 7 else DURATION_NS
-            self.ready[key] = max(self.ready.get(key, 0), ev.t_ns) + d
+            self.ready[key] = max(self.ready.get(key, 0), ev.t_ns) + count * d
         self.buf.clear()
 
     def record_event(self, device: int, stream: int, event_id: int) -> None:

@@ -1,7 +1,9 @@
 """The launch-event schema: what one virtual kernel launch tells revatid and the predictors.
 
 Produced by the virtual CUDA adapter (one event per kernel), carried to revatid in msgpack
-batches (an event is a plain tuple, so it packs as a short array), turned into features by
+batches (an event is a plain tuple, so it packs as a short array; identical launches of a CUDA
+graph replay travel as one run item with a count, revatid protocol v2, which leaves this
+schema as it is), turned into features by
 `revati.predictors.features` and into a duration by a predictor. Any change here is a protocol
 change: bump `SCHEMA_VERSION`.
 

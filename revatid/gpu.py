@@ -1,7 +1,11 @@
 """The virtual GPUs of one session: stream timelines, events, collectives and graphs.
 
 Every launch on a stream starts at max(stream ready, launch time) and makes the stream ready
-`predicted duration` later. A collective blocks its stream until every rank of its group has
+`predicted duration` later. A run of `count` identical launches (protocol item 4) is predicted
+once and queued back to back: it starts where its first launch would and leaves the stream
+ready count x duration later, exactly where `count` launches one by one would (each after the
+first starts at the previous one's end, which is past the launch time); the trace keeps one
+entry per kernel. A collective blocks its stream until every rank of its group has
 arrived; it then completes on every rank at max(arrival) + duration (DESIGN rule 5). Items
 queued behind a blocked stream wait in order and run when it is released.
 
@@ -24,7 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from revati.predictors.launch import Family, LaunchEvent
-from revati.revatid.protocol import ITEM_COLLECTIVE, ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT
+from revati.revatid.protocol import (
+    ITEM_COLLECTIVE,
+    ITEM_LAUNCH,
+    ITEM_RECORD,
+    ITEM_RUN,
+    ITEM_WAIT,
+    MAX_RUN,
+)
 from revati.revatid.trace import Trace
 
 
@@ -74,26 +85,28 @@ class GpuTimeline:
 
     # -- input
     def submit(self, pid: int, batch: list[Any]) -> None:
-        items, launches = [], []
-        for item in batch:
-            ev, parsed = _parse(item)
-            items.append(parsed)
-            if ev is not None:
-                launches.append(ev)
+        items = [_parse(item) for item in batch]
+        launches = [item[-1] for item in items if item[0] != ITEM_RECORD
+                    and item[0] != ITEM_WAIT]
         durations = iter(self._durations(pid, launches))
         resolved = False
         for parsed in items:
             kind = parsed[0]
-            if kind in (ITEM_LAUNCH, ITEM_COLLECTIVE):
+            if kind == ITEM_LAUNCH:
+                self.launches += parsed[3]
+                parsed = (*parsed, next(durations))
+            elif kind == ITEM_COLLECTIVE:
+                self.launches += 1
                 parsed = (*parsed, next(durations))
             resolved |= self._apply(pid, parsed)
         if resolved:
             self._notify()
 
     def register_graph(self, pid: int, events: list[Any]) -> int:
-        parsed = [_parse([ITEM_LAUNCH, *e])[0] for e in events]
+        parsed = [_parse([ITEM_LAUNCH, *e])[-1] for e in events]
         graph_id = sum(1 for key in self.graphs if key[0] == pid) + 1
-        self.graphs[(pid, graph_id)] = sum(self._durations(pid, parsed))  # type: ignore[arg-type]
+        self.graphs[(pid, graph_id)] = sum(self._durations(pid, parsed))
+        self.launches += len(parsed)
         return graph_id
 
     @property
@@ -115,7 +128,6 @@ class GpuTimeline:
                 out.append(self.graphs.get((pid, e.feats[0]), 0))
             else:
                 out.append(max(0, int(next(predicted))))
-        self.launches += len(events)
         return out
 
     # -- the stream model
@@ -140,15 +152,17 @@ class GpuTimeline:
     def _run(self, pid: int, key: StreamKey, s: Stream, item: tuple) -> bool:
         kind = item[0]
         if kind == ITEM_LAUNCH:
-            _, device, stream, ev, dur = item
+            _, device, stream, count, ev, dur = item
             if self.synchronous:
                 start = max(s.ready, ev.t_ns + s.shift)
-                s.ready = start + dur
+                s.ready = start + count * dur
                 s.shift = s.ready - ev.t_ns
             else:
                 start = max(s.ready, ev.t_ns)
-                s.ready = start + dur
-            self.trace.kernel(pid, device, stream, ev, start, dur)
+                s.ready = start + count * dur
+            kernel = self.trace.kernel
+            for i in range(count):
+                kernel(pid, device, stream, ev, start + i * dur, dur)
             return False
         if kind == ITEM_RECORD:
             self.events[(pid, item[3])] = s.ready
@@ -258,27 +272,42 @@ class GpuTimeline:
             del self.events[key]
 
 
-def _parse(item: Any) -> tuple[LaunchEvent | None, tuple]:
-    """Check one batch item; returns (launch event or None, normalised item)."""
+_FAMILIES = {int(f): f for f in Family}
+_new_tuple = tuple.__new__  # builds a LaunchEvent without its Python-level __new__ (hot path)
+
+
+def _event(family: Any, op: Any, dtype: Any, device: Any, stream: Any, t_ns: Any,
+           feats: Any) -> LaunchEvent:
+    return _new_tuple(LaunchEvent, (_FAMILIES[family], str(op), str(dtype), int(device),
+                                    int(stream), int(t_ns), tuple(map(int, feats))))
+
+
+def _parse(item: Any) -> tuple:
+    """Check one batch item; returns it normalised, the launch event (if any) last:
+    (ITEM_LAUNCH, device, stream, count, ev), (ITEM_RECORD | ITEM_WAIT, device, stream,
+    event_id), (ITEM_COLLECTIVE, device, stream, group, rank, ev)."""
     try:
         kind = item[0]
         if kind == ITEM_LAUNCH:
-            _, family, op, dtype, device, stream, t_ns, feats = item
-            ev = LaunchEvent(Family(family), str(op), str(dtype), int(device), int(stream),
-                             int(t_ns), tuple(int(f) for f in feats))
-            return ev, (ITEM_LAUNCH, ev.device, ev.stream, ev)
+            ev = _event(*item[1:])
+            return (ITEM_LAUNCH, ev.device, ev.stream, 1, ev)
+        if kind == ITEM_RUN:
+            _, count, *fields = item
+            if type(count) is not int or not 1 <= count <= MAX_RUN:
+                raise ValueError(f"a run's count must be an integer in [1, {MAX_RUN}]")
+            ev = _event(*fields)
+            return (ITEM_LAUNCH, ev.device, ev.stream, count, ev)
         if kind in (ITEM_RECORD, ITEM_WAIT):
             _, device, stream, event_id = item
-            return None, (kind, int(device), int(stream), int(event_id))
+            return (kind, int(device), int(stream), int(event_id))
         if kind == ITEM_COLLECTIVE:
             _, group, rank, family, op, dtype, device, stream, t_ns, feats = item
-            ev = LaunchEvent(Family(family), str(op), str(dtype), int(device), int(stream),
-                             int(t_ns), tuple(int(f) for f in feats))
+            ev = _event(family, op, dtype, device, stream, t_ns, feats)
             if not ((ev.family == Family.COLLECTIVE and len(ev.feats) >= 3)
                     or (ev.family == Family.P2P and len(ev.feats) >= 2)):
                 raise ValueError("collective items need family COLLECTIVE and (kind, bytes, "
                                  "ranks), or P2P and (bytes, peer)")
-            return ev, (ITEM_COLLECTIVE, ev.device, ev.stream, str(group), int(rank), ev)
-    except (TypeError, ValueError, IndexError) as exc:
+            return (ITEM_COLLECTIVE, ev.device, ev.stream, str(group), int(rank), ev)
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
         raise BadBatch(f"bad launch item {item!r:.200}: {exc}") from None
     raise BadBatch(f"unknown launch item kind {item!r:.100}")

@@ -1,4 +1,4 @@
-"""The revatid wire protocol, version 1.
+"""The revatid wire protocol, version 2 (version 1 requests are still served: 2 only adds).
 
 Transport: a Unix stream socket. Each message is a frame: a 4-byte big-endian length, then
 that many bytes of msgpack encoding a map. Frames larger than MAX_FRAME are refused (the
@@ -23,9 +23,11 @@ Requests (fields beyond v/type/id; `?` = optional) -> reply fields:
       A participant started a child that will join: until it does (or exits, or looks
       like no Python interpreter), the clock does not jump.
   gpu.launch       batch (list of items, see below) -> (nothing); pipelined, replied in order
-  gpu.sync         device, stream (int | None)      -> ready_ns
-  gpu.event_time   event                            -> t_ns (int | None while pending)
-  gpu.sync_event   event                            -> ready_ns (replied once the event resolves)
+  gpu.sync         device, stream (int | None), batch?   -> ready_ns
+  gpu.event_time   event, batch?                    -> t_ns (int | None while pending)
+  gpu.sync_event   event, batch?                    -> ready_ns (replied once the event resolves)
+      batch (v2): launch items queued before the query is answered, as a gpu.launch just
+      before it would be: a host sync is one message and one reply, not two.
   gpu.graph        events                           -> graph
   trace            session                          -> trace (Chrome trace JSON object)
 
@@ -34,6 +36,10 @@ gpu.launch batch items (tuples, packed as arrays):
   [1, device, stream, event_id]                         record an event on a stream
   [2, device, stream, event_id]                         stream waits for an event
   [3, group, rank, family, op, dtype, device, stream, t_ns, feats]   a collective launch
+  [4, count, family, op, dtype, device, stream, t_ns, feats]   (v2) a run: `count` launches of
+      one kernel back to back, queued as `count` items 0 with these fields would be (one
+      prediction; the stream is ready count x duration after the run starts); 1 <= count <=
+      MAX_RUN. A CUDA graph replay sends the identical launches of its dynamic nodes so.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # a request of any of these is served
 MAX_FRAME = 64 * 1024 * 1024  # 64 MiB: a large launch batch or a session trace fits
 HEADER = struct.Struct(">I")
 
-ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT, ITEM_COLLECTIVE = 0, 1, 2, 3
+ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT, ITEM_COLLECTIVE, ITEM_RUN = 0, 1, 2, 3, 4
+MAX_RUN = 1 << 20  # launches in one run item (the trace keeps one entry per kernel)
 
 
 class ErrorCode(StrEnum):
@@ -115,10 +123,10 @@ def unpack_body(body: bytes) -> dict[str, Any]:
 
 def validate(msg: dict[str, Any]) -> str:
     """Check envelope and fields; returns the request type."""
-    if msg.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(
-            ErrorCode.BAD_VERSION, f"protocol version {msg.get('v')!r}, want {PROTOCOL_VERSION}"
-        )
+    v = msg.get("v")
+    if v not in SUPPORTED_VERSIONS or isinstance(v, bool):
+        raise ProtocolError(ErrorCode.BAD_VERSION,
+                            f"protocol version {v!r}, want one of {SUPPORTED_VERSIONS}")
     kind = msg.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'type' must be a string")

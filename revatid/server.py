@@ -135,13 +135,7 @@ class Daemon:
     # -- handlers for participants
     def gpu_launch(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()
-        s.page.freeze_enter()
-        try:
-            s.timeline.submit(p.pid, msg["batch"])
-        except BadBatch as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
-        finally:
-            s.page.freeze_exit()
+        _submit(s, p, msg["batch"])
         return {}
 
     def gpu_graph(self, conn: Connection, msg: dict) -> dict:
@@ -156,16 +150,19 @@ class Daemon:
         stream = msg.get("stream")
         if stream is not None and not isinstance(stream, int):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "stream must be an int or nil")
+        _submit(s, p, msg.get("batch"))
         return self._gpu_wait(s, p, bool(msg.get("wait")), "sync",
                               lambda: s.timeline.stream_ready(p.pid, msg["device"], stream,
                                                               s.page.now()))
 
     def gpu_event_time(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()
+        _submit(s, p, msg.get("batch"))
         return {"t_ns": s.timeline.event_time(p.pid, msg["event"])}
 
     def gpu_sync_event(self, conn: Connection, msg: dict) -> dict | asyncio.Future:
         s, p = conn.joined()
+        _submit(s, p, msg.get("batch"))
         return self._gpu_wait(s, p, bool(msg.get("wait")), "event",
                               lambda: s.timeline.event_time(p.pid, msg["event"]))
 
@@ -198,6 +195,22 @@ class Daemon:
         s.timeline.on_change(resolved)
         fut.add_done_callback(lambda _: s.timeline._listeners.remove(resolved))
         return fut
+
+
+def _submit(s: Session, p: Participant, batch: Any) -> None:
+    """Queue a participant's launch batch (a gpu.launch's, or one sent with a query, which
+    sees it); revatid's work on it is kept out of virtual time."""
+    if batch is None:
+        return
+    if not isinstance(batch, list):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'batch' must be list")
+    s.page.freeze_enter()
+    try:
+        s.timeline.submit(p.pid, batch)
+    except BadBatch as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    finally:
+        s.page.freeze_exit()
 
 
 HANDLERS: dict[str, Callable[[Daemon, Connection, dict], Any]] = {

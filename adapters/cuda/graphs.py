@@ -13,6 +13,14 @@ Some kernels in a graph take time that depends on device data the host refreshes
 replay (attention reads the current context lengths). Framework glue records such a kernel
 as a *dynamic node* (`dynamic(fn)`): at capture it is kept out of the static trace, and each
 replay calls `fn()`, which launches the kernel with the current step's features.
+
+A replay is one launch on a GPU, so the dynamic nodes' host time is Revati's own: the whole
+replay runs frozen, and every launch in it carries the replay's launch time. Launched back to
+back at one time on a stream, kernels leave it ready at the same time in any order (each one
+after the first starts where the previous one ended), so the replay counts identical launches
+(a decode step's 32 KV-cache writes and 32 attention calls) and hands them to the link as runs
+after the GRAPH launch: `link.launch_run(ev, count)`, one protocol item and one prediction
+each, with exactly the stream times that `count` separate launches would give.
 """
 
 from __future__ import annotations
@@ -20,11 +28,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from operator import eq
+from threading import get_ident
 from typing import Any
 
 from revati.adapters.cuda import streams
 from revati.adapters.cuda.state import S
 from revati.predictors.launch import Family, LaunchEvent
+
+MAX_PERIOD = 8  # launches per dynamic-node layer that _runs looks for before it hashes
 
 
 class CUDAGraph:
@@ -70,13 +82,21 @@ class CUDAGraph:
         if self.graph_id is None:
             raise RuntimeError("CUDAGraph.replay() before a completed capture")
         stream = streams.current_stream(self.device)
-        ev_stream = stream.stream_id
         link = S.link()
         with link.freeze():
-            link.launch(LaunchEvent(int(Family.GRAPH), "cuda_graph", self.dtype, self.device,
-                                    ev_stream, link.now_ns(), (self.graph_id,)))
-        for node in self.dynamic:  # launches of their own, on this stream
-            node()
+            ev = LaunchEvent(int(Family.GRAPH), "cuda_graph", self.dtype, self.device,
+                             stream.stream_id, link.now_ns(), (self.graph_id,))
+            if not self.dynamic:
+                link.launch(ev)
+                return
+            runs = _Runs(link, ev)
+            saved, S.link_override = S.link_override, runs
+            try:
+                for node in self.dynamic:  # launches of their own, on this stream
+                    node()
+            finally:
+                S.link_override = saved
+                runs.send()
 
     def reset(self) -> None:
         self.events = []
@@ -95,6 +115,93 @@ class CUDAGraph:
         with open(debug_path, "w") as f:
             for e in self.events:
                 f.write(f"{e.op} {e.dtype} {e.feats}\n")
+
+
+def _after_runs(name: str) -> Callable[..., Any]:
+    """A GpuLink call of _Runs other than a launch: on the replaying thread, what was counted
+    goes to the link first, so the call sees every launch before it."""
+
+    def call(self: _Runs, *args: Any, **kwargs: Any) -> Any:
+        if get_ident() == self.thread:
+            self.send()
+        return getattr(self.link, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+class _Runs:
+    """The link while a replay's dynamic nodes run: the replaying thread's launches are kept
+    (a list append each: this is the hot path) and go to the link as runs of identical ones,
+    first seen first, once the nodes are done. Other threads' calls pass straight through."""
+
+    __slots__ = ("events", "freeze", "link", "now_ns", "op_freeze", "t_ns", "thread")
+
+    def __init__(self, link: Any, first: LaunchEvent) -> None:
+        self.link = link
+        self.thread = get_ident()
+        self.now_ns, self.freeze, self.op_freeze = link.now_ns, link.freeze, link.op_freeze
+        self.t_ns = first.t_ns
+        self.events = [first]
+
+    def launch(self, ev: LaunchEvent) -> None:
+        if ev.t_ns == self.t_ns and get_ident() == self.thread:
+            self.events.append(ev)
+        else:
+            self.launch_run(ev, 1)
+
+    def launch_run(self, ev: LaunchEvent, count: int) -> None:
+        if get_ident() != self.thread:
+            _launch_run(self.link, ev, count)
+            return
+        if ev.t_ns != self.t_ns:  # reordering is exact only among launches of one time
+            self.send()
+            self.t_ns = ev.t_ns
+        self.events.extend([ev] * count)
+
+    def send(self) -> None:
+        events, self.events = self.events, []
+        if not events:
+            return
+        try:
+            runs = _runs(events)
+        except TypeError:  # unhashable features (a list): sent one by one, in order
+            runs = [(ev, 1) for ev in events]
+        for ev, count in runs:
+            _launch_run(self.link, ev, count)
+
+    record_event = _after_runs("record_event")
+    stream_wait_event = _after_runs("stream_wait_event")
+    collective = _after_runs("collective")
+    register_graph = _after_runs("register_graph")
+    synchronize = _after_runs("synchronize")
+    event_time_ns = _after_runs("event_time_ns")
+    synchronize_event = _after_runs("synchronize_event")
+
+
+def _runs(events: list[LaunchEvent]) -> list[tuple[LaunchEvent, int]]:
+    """Identical launches counted, first seen first. The nodes repeat per layer, so what
+    follows the first launch (the graph's) is most often a few launches repeated: that is
+    checked with one comparison per launch; anything else is counted by hash."""
+    head, rest = events[0], events[1:]
+    n = len(rest)
+    for period in range(1, min(MAX_PERIOD, n // 2) + 1):
+        if n % period == 0 and rest[period] == rest[0] \
+                and all(map(eq, rest[period:], rest[:-period])):
+            return [(head, 1), *((ev, n // period) for ev in rest[:period])]
+    return list(Counter(events).items())
+
+
+def _launch_run(link: Any, ev: LaunchEvent, count: int) -> None:
+    if count == 1:
+        link.launch(ev)
+        return
+    run = getattr(link, "launch_run", None)
+    if run is not None:
+        run(ev, count)
+    else:  # a GpuLink without runs
+        for _ in range(count):
+            link.launch(ev)
 
 
 def graph_pool_handle() -> tuple[int, int]:

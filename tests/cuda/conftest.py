@@ -30,6 +30,7 @@ class RecordingLink:
         self.events: dict[int, int] = {}
         self.graphs: dict[int, list[LaunchEvent]] = {}
         self.launches: list[LaunchEvent] = []
+        self.runs: list[tuple[LaunchEvent, int]] = []  # launch_run calls (a graph replay's)
         self.collectives: list[tuple[LaunchEvent, str, int]] = []
         self.syncs: list[tuple[str, Any]] = []
         self.freezes = 0
@@ -54,6 +55,11 @@ class RecordingLink:
         key = (ev.device, ev.stream)
         start = max(self.ready.get(key, 0), ev.t_ns)
         self.ready[key] = start + self.duration(ev)
+
+    def launch_run(self, ev: LaunchEvent, count: int) -> None:
+        self.runs.append((ev, count))
+        for _ in range(count):
+            self.launch(ev)
 
     def record_event(self, device: int, stream: int, event_id: int) -> None:
         self.events[event_id] = self.ready.get((device, stream), 0)

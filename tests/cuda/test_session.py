@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -33,3 +34,66 @@ def test_two_rank_all_reduce_completes_at_the_last_arrival_plus_its_duration(
         assert last + COLLECTIVE_NS / 1e9 <= done < last + COLLECTIVE_NS / 1e9 + 0.005
     assert abs(ranks[0][2] - ranks[1][2]) < 0.002  # both leave at the same session time
     assert summary["counters"]["collectives"] == 1
+
+
+def test_replay_runs_end_where_separate_launches_do(daemon: Daemon, tmp_path: Path) -> None:
+    """Through revatid: a replay whose 64 dynamic launches go as two runs takes the stream
+    exactly as long as the same kernels launched one by one, and the trace shows each."""
+    trace = tmp_path / "trace.json"
+    result, summary = revatictl_run(
+        daemon, [sys.executable, str(Path(__file__).with_name("replay_in_session.py"))],
+        "--fixed-ns", str(COLLECTIVE_NS), "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["replay"]["gpu_ns"] == r["separate"]["gpu_ns"] == (32 + 64) * COLLECTIVE_NS
+    for case in r.values():
+        assert 0 <= case["sync_late_ns"] < 5_000_000  # the host woke when the stream was done
+    kernels = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"
+               and e.get("name") in ("kv", "att")]
+    assert len(kernels) == 2 * 64
+    # each run counts as its kernels: 2 x 32 captured, 2 x (100 queued + graph + 64)
+    assert summary["counters"]["launches"] == 2 * 32 + 2 * (100 + 1 + 64)
+
+
+def test_a_sync_carries_the_buffered_launches_in_its_own_message() -> None:
+    """SessionLink sends a host sync and the launches buffered before it as one request (v2
+    `batch`), and a graph replay's runs as run items."""
+    import contextlib
+    import threading
+
+    from revati.adapters.session import SessionLink
+    from revati.predictors.launch import Family, LaunchEvent
+    from revati.revatid.protocol import ITEM_LAUNCH, ITEM_RUN
+
+    class Clock:
+        def now_ns(self) -> int:
+            return 5
+
+        def freeze(self) -> contextlib.nullcontext:
+            return contextlib.nullcontext()
+
+    class Wire:
+        _outstanding = 0
+
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, dict]] = []
+
+        def send(self, kind: str, **fields: object) -> None:
+            self.sent.append((kind, fields))
+
+        def request(self, kind: str, **fields: object) -> dict:
+            self.sent.append((kind, fields))
+            return {"ready_ns": 0}
+
+    class Member:
+        clock, lock, client = Clock(), threading.Lock(), Wire()
+
+    link = SessionLink(Member())  # type: ignore[arg-type]
+    ev = LaunchEvent(Family.GEMM, "mm", "bf16", 0, 0, 5, (8, 8, 8, 1))
+    link.launch(ev)
+    link.launch_run(ev, 32)
+    assert link.synchronize(0, 0) == 5
+    assert Member.client.sent == [("gpu.sync", {"device": 0, "stream": 0, "batch": [
+        (ITEM_LAUNCH, *ev), (ITEM_RUN, 32, *ev)]})]
+    link.synchronize(0, 0)  # nothing buffered: no batch field
+    assert Member.client.sent[-1] == ("gpu.sync", {"device": 0, "stream": 0})

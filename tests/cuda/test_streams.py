@@ -108,3 +108,77 @@ def test_capture_rules(vcuda: Any, link: RecordingLink) -> None:
     with torch.cuda.graph(other, pool=graph.pool()):
         kernels(1, x)
     assert len(link.graphs[graph.graph_id]) == 3 and len(link.graphs[other.graph_id]) == 1
+
+
+def _dynamic_step(vcuda: Any, layers: int, record: Any = None) -> Any:
+    """A graph of `layers` layers, each a static kernel and a dynamic node that launches a
+    KV write and an attention kernel (as the vLLM backend's do); `record(layer)` is called
+    by each node after its launches, if given."""
+    from revati.adapters.cuda import graphs
+
+    def node(layer: int) -> None:
+        vcuda.launch(Family.MEMORY, "kv", "bf16", (8192, 2048))
+        vcuda.launch(Family.ATTENTION, "att", "bf16", (1, 1, 9, 9, 81, 32, 8, 128, 1))
+        if record is not None:
+            record(layer)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for layer in range(layers):
+            vcuda.launch(Family.GEMM, "mm", "bf16", (1, 4096, 4096, 1))
+            graphs.dynamic(lambda layer=layer: node(layer))
+    return graph
+
+
+def test_replay_sends_identical_dynamic_launches_as_runs(vcuda: Any,
+                                                         link: RecordingLink) -> None:
+    graph = _dynamic_step(vcuda, 32)
+    link.clock = 7_000
+    graph.replay()
+    assert [e.family for e in link.launches[:1]] == [Family.GRAPH]
+    assert [(e.op, n) for e, n in link.runs] == [("kv", 32), ("att", 32)]
+    assert {e.t_ns for e in link.launches} == {7_000}  # the replay runs frozen
+    assert len(link.launches) == 65
+    # the graph's 32 kernels, then 64: where 64 separate launches at 7 us leave the stream
+    assert link.ready[(0, 0)] == 7_000 + (32 + 64) * link.duration_ns
+    assert torch.cuda.synchronize() is None and link.clock == link.ready[(0, 0)]
+
+
+def test_a_dynamic_node_that_records_an_event_splits_the_runs(vcuda: Any,
+                                                              link: RecordingLink) -> None:
+    """What a node asks of the link besides launches (an event here) comes after everything
+    launched before it, as without runs."""
+    event = torch.cuda.Event()
+    other = torch.cuda.Event()
+    graph = _dynamic_step(vcuda, 4, lambda layer: (event.record(), other.record())
+                          if layer == 1 else None)
+    graph.replay()
+    assert [(e.op, n) for e, n in link.runs] == [("kv", 2), ("att", 2), ("kv", 2), ("att", 2)]
+    d = link.duration_ns
+    assert link.events[event.id] == link.events[other.id] == (4 + 4) * d  # graph, 2 layers
+    assert link.ready[(0, 0)] == (4 + 8) * d
+
+
+@pytest.mark.parametrize("pattern", ["ab" * 32, "a" * 64, "abc" * 21 + "a", "abab" * 15 + "ba",
+                                     "aab" * 20, "ab" * 16 + "cd" * 16, "", "a", "abcdefghi" * 3])
+def test_runs_count_every_launch_once_first_seen_first(pattern: str) -> None:
+    """Whatever the nodes launch, the runs hold each distinct launch's count, in the order
+    of first sight after the graph's (the periodic fast path, or the hash count)."""
+    from collections import Counter
+
+    from revati.adapters.cuda.graphs import _runs
+
+    def ev(op: str) -> Any:
+        from revati.predictors.launch import LaunchEvent
+
+        return LaunchEvent(Family.MEMORY, op, "bf16", 0, 0, 9, (len(op), ord(op[0])))
+
+    events = [ev("graph"), *(ev(c) for c in pattern)]
+    runs = _runs(events)
+    assert runs[0] == (events[0], 1)
+    merged: Counter = Counter()
+    for e, n in runs:
+        merged[e] += n
+    assert merged == Counter(events)
+    firsts = [e for e, _ in runs]
+    assert sorted(set(firsts), key=firsts.index) == list(dict.fromkeys(events))

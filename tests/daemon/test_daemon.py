@@ -144,6 +144,18 @@ def test_eight_sessions_in_parallel_do_not_cross_talk(daemon: Daemon) -> None:
         assert 10 * (i + 1) <= virtual < 10 * (i + 1) + 1.0, (i, summary["counters"])
 
 
+def test_version_1_requests_are_still_served(daemon: Daemon) -> None:
+    """Protocol 2 only adds (run items, a batch on GPU queries): a version 1 client works."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(daemon.socket))
+        for v, answer in ((1, "ok"), (2, "ok"), (3, "error"), (True, "error")):
+            s.sendall(raw_frame({"v": v, "type": "ping", "id": 1}))
+            reply = read_reply(s)
+            assert reply is not None and reply["type"] == answer, (v, reply)
+            if answer == "error":
+                assert reply["code"] == "bad_version"
+
+
 def test_client_killed_mid_request(daemon: Daemon) -> None:
     half = raw_frame({"v": 1, "type": "ping", "id": 1})[:5]
     code = (

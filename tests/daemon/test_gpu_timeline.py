@@ -3,6 +3,7 @@ GpuTimeline and through real participants."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,14 @@ import pytest
 
 from revati.predictors.launch import Collective, Family
 from revati.revatid.gpu import BadBatch, GpuTimeline
-from revati.revatid.protocol import ITEM_COLLECTIVE, ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT
+from revati.revatid.protocol import (
+    ITEM_COLLECTIVE,
+    ITEM_LAUNCH,
+    ITEM_RECORD,
+    ITEM_RUN,
+    ITEM_WAIT,
+    MAX_RUN,
+)
 from revati.revatid.trace import Trace
 from tests.conftest import Daemon, revatictl_run
 
@@ -122,6 +130,56 @@ def test_graph_replays_as_one_launch() -> None:
                                 for op in ("a", "b", "a")])
     tl.submit(1, [[ITEM_LAUNCH, int(Family.GRAPH), "graph", "bf16", 0, 0, 0, [gid]]])
     assert tl.stream_ready(1, 0, 0) == 250
+
+
+def _replay_batch(gid: int, t: int, n: int, runs: bool) -> list[list]:
+    """A decode step's replay at time t: the graph, then n layers' KV write and attention,
+    one item per launch (interleaved, as the layers launch them) or as two runs."""
+    graph = [ITEM_LAUNCH, int(Family.GRAPH), "graph", "bf16", 0, 0, t, [gid]]
+    kv = [int(Family.MEMORY), "kv", "bf16", 0, 0, t, [8192, 2048]]
+    att = [int(Family.ATTENTION), "att", "bf16", 0, 0, t, [1, 1, 9, 9, 81, 32, 8, 128, 1]]
+    if runs:
+        return [graph, [ITEM_RUN, n, *kv], [ITEM_RUN, n, *att]]
+    return [graph, *[[ITEM_LAUNCH, *e] for _ in range(n) for e in (kv, att)]]
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+@pytest.mark.parametrize("busy_until", [0, 1_000_000])  # the stream idle, or busy, at t
+def test_a_run_queues_exactly_like_its_launches_one_by_one(synchronous: bool,
+                                                           busy_until: int) -> None:
+    """64 dynamic launches of a replay (32 x 2 identical ones) sent as two run items leave
+    the stream, an event recorded after them, a host sync and the launch count exactly where
+    64 separate launch items do; the trace keeps one entry per kernel, back to back."""
+    results = []
+    for runs in (False, True):
+        tl = timeline(a=100_003, b=50_001, kv=1_307, att=7_919, c=11)
+        tl.synchronous = synchronous
+        gid = tl.register_graph(1, [[int(Family.GEMM), op, "bf16", 0, 0, 0, [1, 1, 1, 1]]
+                                    for op in ("a", "b", "a")])
+        tl.submit(1, [launch("c", busy_until - 11)] if busy_until else [])
+        tl.submit(1, [*_replay_batch(gid, 500_000, 32, runs), [ITEM_RECORD, 0, 0, 5],
+                      launch("c", 600_000)])
+        tl.submit(1, _replay_batch(gid, 2_000_000, 32, runs))  # a second step, later
+        sync = tl.stream_ready(1, 0, 0, now=2_000_100)
+        kernels = sorted((k[4], k[5], k[3]) for k in tl.trace.kernels)
+        results.append((tl.stream_ready(1, 0, 0), tl.event_time(1, 5), sync, tl.launches,
+                        tl.streams[(1, 0, 0)].shift, [k[:2] for k in kernels],
+                        sorted(k[2] for k in kernels)))
+    one_by_one, as_runs = results
+    assert as_runs[:5] == one_by_one[:5]
+    assert as_runs[3] == 2 * (1 + 64) + 1 + (1 if busy_until else 0) + 3  # the graph's own 3
+    assert sorted(as_runs[6]) == sorted(one_by_one[6])  # the same kernels ran
+    spans = as_runs[5]  # (start, duration) of each kernel, in start order: no gap, no overlap
+    step = [(s, d) for s, d in spans if 500_000 <= s < 2_000_000][:65]
+    assert all(s + d == s2 for (s, d), (s2, _) in itertools.pairwise(step))
+
+
+@pytest.mark.parametrize("count", [0, -1, "3", 2.0, MAX_RUN + 1])
+def test_a_run_needs_a_positive_integer_count(count: object) -> None:
+    tl = timeline(a=100)
+    with pytest.raises(BadBatch):
+        tl.submit(1, [[ITEM_RUN, count, int(Family.GEMM), "a", "bf16", 0, 0, 0, [8, 8, 8, 1]]])
+    assert tl.stream_ready(1, 0, 0) == 0 and tl.launches == 0
 
 
 RANK = """
