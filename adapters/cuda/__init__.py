@@ -169,9 +169,22 @@ def launch(family: int, op: str, dtype: str, feats: tuple[int, ...],
     the batch composition from the framework's metadata), launched on the current stream of
     `device` (default: the thread's current device); recorded instead when that stream
     captures a graph. Features follow revati.predictors.launch."""
-    from revati.adapters.cuda.state import THREAD, S
-    from revati.adapters.cuda.tensor import emit
-
+    S, THREAD, emit = _launch_deps or _bind_launch_deps()
     link = S.link_override if S.link_override is not None else S.link()
     with link.freeze():
         emit(link, THREAD.device if device is None else device, family, op, dtype, feats)
+
+
+_launch_deps: tuple[Any, Any, Any] | None = None
+
+
+def _bind_launch_deps() -> tuple[Any, Any, Any]:
+    # Bound once, not imported at each call: `launch` runs for every kernel framework glue
+    # describes (an import statement costs more than the rest of the call). Importing them
+    # with this module would import torch before `install` is asked for.
+    global _launch_deps
+    from revati.adapters.cuda.state import THREAD, S
+    from revati.adapters.cuda.tensor import emit
+
+    _launch_deps = (S, THREAD, emit)
+    return _launch_deps
