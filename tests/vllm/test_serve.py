@@ -53,6 +53,7 @@ def test_every_request_completes_with_its_output_length(serve_200: Demo) -> None
     r = serve_200.result
     assert r["completed"] == 200 and r["failed"] == 0
     assert r["output_lens_ok"] is True
+    assert "Using V2 Model Runner" in serve_200.log  # the runner vLLM 0.32 runs on an H100
     assert r["total_output_tokens"] == 200 * 128
     # vLLM's own prefix-cache counters saw every prompt (random prompts: next to no hits)
     assert r["prefix_cache"]["prompt_tokens"] >= r["total_input_tokens"]
@@ -94,7 +95,11 @@ def test_kv_cache_blocks_follow_the_virtual_allocator(serve_200: Demo) -> None:
     assert logged(r"Model loading took ([\d.]+) GiB") == pytest.approx(weight_bytes / gib,
                                                                        abs=0.006)
     consumed = logged(r"Actual usage is ([\d.]+) GiB for consumed memory") * gib
-    assert weight_bytes <= consumed < weight_bytes + 0.25 * gib  # plus allocator rounding
+    # The V2 runner's penalty statistics hold an int32 count per vocabulary entry for every
+    # request slot (max_num_seqs: 1024 on an H100 by vLLM's defaults), whatever the requests
+    # ask for (vLLM's own TODO: "rarely used but can be very large")
+    bin_counts = 1024 * vocab * 4
+    assert weight_bytes + bin_counts <= consumed < weight_bytes + bin_counts + 0.25 * gib
     peak = logged(r"([\d.]+) GiB for peak activation") * gib
     assert 0.5 * gib < peak < 4 * gib  # a profile run of 8192 tokens happened
     kv_bytes = 0.92 * skus.spec("h100")["memory_bytes"] - consumed - peak
@@ -145,9 +150,13 @@ def test_pipeline_parallel_two_stages_pass_activations(module_daemon: Daemon,
                     "--request-rate", "4", "--output-len", "16")
     assert demo.result["completed"] == 4 and demo.result["num_gpus"] == 2
     assert demo.result["output_lens_ok"]
-    p2p = [e for e in demo.trace if e.get("cat") == "collective"]
+    collectives = [e for e in demo.trace if e.get("cat") == "collective"]
+    p2p = [e for e in collectives if e["name"] != "nccl:broadcast"]
     assert {e["name"] for e in p2p} == {"nccl:send", "nccl:recv"}
     assert all(e["args"]["group"].endswith("/p2p/0-1") for e in p2p)
+    # the V2 runner's last stage broadcasts each step's sampled tokens to the other stages
+    # (pp_utils: its own pp_broadcast group), which apply them to their request state
+    assert sum(e["name"] == "nccl:broadcast" for e in collectives) >= 16
     # hidden states and residual, every step: stage 1 ran as many steps as stage 0 sent
     sends = sum(e["name"] == "nccl:send" for e in p2p)
     assert sends == sum(e["name"] == "nccl:recv" for e in p2p) and sends >= 2 * 16
