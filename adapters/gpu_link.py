@@ -6,6 +6,10 @@ revatid, which keeps each virtual stream's ready time and rendezvouses collectiv
 CUDA layer may install their own link with `install()`.
 
 Stream ids are per (process, device); 0 is the default stream. Event ids are per process.
+
+A link may also offer `launch_run(ev, count)`: `count` launches of `ev` back to back, as one
+item (the session link does; revati.adapters.cuda.graphs uses it for a replay's identical
+dynamic launches and falls back to `count` calls of `launch` on a link without it).
 """
 
 from __future__ import annotations
