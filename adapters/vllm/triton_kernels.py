@@ -60,7 +60,7 @@ def _stand_in(kernel: Callable[..., tuple[int, int, int]]) -> Callable[..., None
 
     @functools.wraps(kernel)
     def run(*args: Any, **kwargs: Any) -> None:
-        link = S.link_override if S.link_override is not None else S.link()
+        link = S.link()
         with link.freeze():
             dev, nbytes, elements = kernel(*args, **kwargs)
             emit(link, dev, _MEMORY, op, "int32", (nbytes, elements))
@@ -68,8 +68,18 @@ def _stand_in(kernel: Callable[..., tuple[int, int, int]]) -> Callable[..., None
     return run
 
 
-def _query_lens(query_start_loc: np.ndarray, n: int) -> np.ndarray:
-    return np.diff(query_start_loc[: n + 1]).astype(np.int64)
+def _lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    """Per-row lengths of the first `n` rows from cumulative offsets (query start locations,
+    cumulative logits counts)."""
+    return np.diff(starts[: n + 1]).astype(np.int64)
+
+
+def _spread(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows of `lengths` elements laid end to end: each element's row and its position
+    within that row (what a kernel's program id and block offset give it)."""
+    total = int(lengths.sum())
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    return row, np.arange(total) - (np.cumsum(lengths) - lengths)[row]
 
 
 # -- V1: block_table.py
@@ -132,14 +142,14 @@ def _prepare_pos_seq_lens_kernel(pos_ptr: Any, seq_lens_ptr: Any, idx_mapping_pt
     if idx is None or qsl is None or nc is None:
         return dev, n * 16 + max_num_reqs * 4, max_num_reqs
     done = nc[idx[:n]].astype(np.int64)
-    q = _query_lens(qsl, n)
-    total = int(qsl[n])
+    q = _lengths(qsl, n)
+    total = int(q.sum())
     if seq_lens is not None:
         seq_lens[:n] = done + q
         seq_lens[n:max_num_reqs] = 0
     if pos is not None and total:
-        row = np.repeat(np.arange(n), q)
-        pos[:total] = done[row] + np.arange(total) - qsl[:n][row]
+        row, offset = _spread(q)
+        pos[qsl[0]:qsl[0] + total] = done[row] + offset
     return dev, n * 16 + max_num_reqs * 4 + total * 8, max(total, max_num_reqs)
 
 
@@ -159,14 +169,14 @@ def _combine_sampled_and_draft_tokens_kernel(
     if idx is None or qsl is None or cu is None:
         return dev, n * 32, n
     idx = idx[:n]
-    num_logits = np.diff(cu[: n + 1]).astype(np.int64)
+    num_logits = _lengths(cu, n)
     query_end = qsl[1: n + 1].astype(np.int64)
     first = query_end - num_logits
     total = int(num_logits.sum())
     out = _values(logits_indices_ptr)
     if out is not None and total:
-        row = np.repeat(np.arange(n), num_logits)
-        out[cu[0]:cu[0] + total] = first[row] + np.arange(total) - (cu[:n][row] - cu[0])
+        row, offset = _spread(num_logits)
+        out[cu[0]:cu[0] + total] = first[row] + offset
     ids, sl, pl = _values(input_ids_ptr), _values(seq_lens_ptr), _values(prefill_len_ptr)
     if ids is None or sl is None or pl is None:
         return dev, n * 32 + total * 8, n
@@ -203,7 +213,7 @@ def _get_num_sampled_and_rejected_kernel(num_sampled_ptr: Any, num_rejected_ptr:
     prefilling = sl[:n] < pl[idx[:n]]
     sampled[:n][prefilling] = 0
     if rejected is not None:
-        rejected[:n] = np.where(prefilling, 0, np.diff(cu[: n + 1]) - sampled[:n])
+        rejected[:n] = np.where(prefilling, 0, _lengths(cu, n) - sampled[:n])
     return dev, n * 24, n
 
 
@@ -250,7 +260,7 @@ def _post_update_kernel(idx_mapping_ptr: Any, num_computed_tokens_ptr: Any,
     computed = _values(num_computed_tokens_ptr)
     if computed is not None:
         qsl = _values(query_start_loc_ptr)
-        q = _query_lens(qsl, n)[live] if qsl is not None else 0
+        q = _lengths(qsl, n)[live] if qsl is not None else 0
         rejected = _values(num_rejected_ptr)
         computed[req] += q - (rejected[:n][live] if rejected is not None else 0)
     return dev, n * 64 + written * 8, n
@@ -265,7 +275,7 @@ def _post_update_num_computed_tokens_kernel(idx_mapping_ptr: Any,
     idx, computed, qsl = (_values(t) for t in (idx_mapping_ptr, num_computed_tokens_ptr,
                                                 query_start_loc_ptr))
     if idx is not None and computed is not None and qsl is not None:
-        computed[idx[:n]] += _query_lens(qsl, n)
+        computed[idx[:n]] += _lengths(qsl, n)
     return _device(num_computed_tokens_ptr), n * 24, n
 
 
@@ -280,13 +290,13 @@ def _expand_idx_mapping_kernel(idx_mapping_ptr: Any, expanded_idx_mapping_ptr: A
     dev = _device(idx_mapping_ptr)
     if idx is None or cu is None:
         return dev, n * 16, n
-    per_row = np.diff(cu[: n + 1]).astype(np.int64)
+    per_row = _lengths(cu, n)
     total = int(per_row.sum())
-    row = np.repeat(np.arange(n), per_row)
+    row, offset = _spread(per_row)
     if expanded is not None:
         expanded[cu[0]:cu[0] + total] = idx[row]
     if local is not None:
-        local[cu[0]:cu[0] + total] = np.arange(total) - (cu[:n][row] - cu[0])
+        local[cu[0]:cu[0] + total] = offset
     return dev, n * 16 + total * 12, max(total, 1)
 
 
