@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -67,8 +68,32 @@ def metrics(port: int, names: tuple[str, ...]) -> dict[str, float]:
     return totals
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections and to binds of port 0."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port for a server to bind later, chosen outside the ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 returns) can be taken before the
+    server binds it: by any outgoing connection, and by our own /health polls, one of which
+    can connect to itself (TCP simultaneous open) when the kernel picks the polled port as
+    its source port. Either makes the server fail with "address already in use"."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(10000, 65536) if p not in ephemeral]
+    for port in random.sample(candidates, min(64, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # every port is ephemeral here: take the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -1,0 +1,42 @@
+"""The demo drivers' port choice: a server started later must be able to bind it."""
+
+import socket
+
+import pytest
+
+from revati.adapters import demo_driver
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_the_port_is_free_and_outside_the_ephemeral_range() -> None:
+    ephemeral = demo_driver._ephemeral_ports()
+    ports = {demo_driver.free_port() for _ in range(20)}
+    assert all(p not in ephemeral and _bindable(p) for p in ports)
+    assert len(ports) > 1  # random, so two drivers on one host rarely collide
+
+
+def test_a_taken_port_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        taken.listen()
+        # everything but `port` counts as ephemeral, so the taken `port` is the only candidate
+        monkeypatch.setattr(demo_driver, "_ephemeral_ports", lambda: _AllBut(port))
+        chosen = demo_driver.free_port()
+        assert chosen != port and _bindable(chosen)
+
+
+class _AllBut:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def __contains__(self, p: int) -> bool:
+        return p != self.port
