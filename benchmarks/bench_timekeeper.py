@@ -25,13 +25,16 @@ REVATICTL = [sys.executable, "-m", "revati.revatid.ctl"]
 N = 1_000_000
 
 IN_SESSION = r"""
-import json, time, timeit
+import json, os, threading, time, timeit
 from revati.adapters.clock import hooks, _vclock
 hooked, original = time.time, hooks._originals["time.time"]
 n = 1_000_000
 cost = {"hooked_time_ns": min(timeit.repeat(hooked, number=n, repeat=5)) / n * 1e9,
         "original_time_ns": min(timeit.repeat(original, number=n, repeat=5)) / n * 1e9}
 real = _vclock.real_monotonic_ns
+idle = threading.Event()  # the other threads of a server process (vLLM's has ~50), all asleep
+for _ in range(int(os.environ.get("REVATI_BENCH_THREADS", "0"))):
+    threading.Thread(target=idle.wait, daemon=True).start()
 lat = []
 for _ in range(500):
     t0 = real()
@@ -62,14 +65,17 @@ def main() -> None:
         print(f"op freeze enter+exit (credit)  {per_call_ns(op_freeze):7.1f} ns")
 
     with private_daemon() as sock:
-        out = subprocess.run([*REVATICTL, "--socket", sock, "run", "--", sys.executable, "-c",
-                              IN_SESSION], capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout)
-        lat = [x / 1e3 for x in r["jump_latency_us"]]
-        print(f"time.time() hooked             {r['hooked_time_ns']:7.1f} ns   "
-              f"(original {r['original_time_ns']:.1f} ns)")
-        print(f"jump latency (500 sleeps)      p50 {percentile(lat, 0.5):6.1f} us   "
-              f"p99 {percentile(lat, 0.99):6.1f} us")
+        for threads in (0, 48):
+            out = subprocess.run([*REVATICTL, "--socket", sock, "run", "--", sys.executable,
+                                  "-c", IN_SESSION], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "REVATI_BENCH_THREADS": str(threads)})
+            r = json.loads(out.stdout)
+            lat = [x / 1e3 for x in r["jump_latency_us"]]
+            if not threads:
+                print(f"time.time() hooked             {r['hooked_time_ns']:7.1f} ns   "
+                      f"(original {r['original_time_ns']:.1f} ns)")
+            print(f"jump latency, {1 + threads:2d} threads       p50 {percentile(lat, 0.5):6.1f} us"
+                  f"   p99 {percentile(lat, 0.99):6.1f} us")
 
         md1 = os.path.join(os.path.dirname(__file__), "..", "revatid", "demo", "md1.py")
         ratios = []

@@ -5,6 +5,7 @@ runnable before it runs any hooked code)."""
 from __future__ import annotations
 
 import os
+import weakref
 
 
 def _tasks(pid: int) -> list[str]:
@@ -52,21 +53,80 @@ def looks_like_python(pid: int) -> bool:
     return exe.startswith("python")
 
 
+_loadavg_fd: int | None = None
+
+
+def nothing_else_runs() -> bool:
+    """No thread on the host but the caller is running or waiting for a CPU.
+
+    The fourth field of /proc/loadavg counts the host's runnable threads at the moment of the
+    read, the reader included. One read (about a microsecond) instead of a stat file per
+    participant thread (tens of microseconds each, and a vLLM process has ~50 threads): when
+    it says 1, no participant thread can be runnable. On a busy host it says more, and the
+    caller asks each participant (ProcWatch.runnable)."""
+    global _loadavg_fd
+    try:
+        if _loadavg_fd is None:
+            _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+        running = os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0]
+        return int(running) <= 1
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+KEPT_OPEN = 128  # stat files kept open per process; more threads than that are opened per read
+
+
+def _close(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
 class ProcWatch:
     """Samples one process's threads: run states and context-switch counts."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._last_switches: int | None = None
+        # Each thread's stat file stays open: a pread costs a quarter of open, read, close.
+        # A file whose thread has gone fails to read, even if its id is reused.
+        self._stat_fds: dict[str, int] = {}
+        weakref.finalize(self, _close, self._stat_fds)
+
+    def _states(self, tasks: list[str]) -> list[str]:
+        fds = self._stat_fds
+        for gone in fds.keys() - set(tasks):
+            os.close(fds.pop(gone))
+        states = []
+        for tid in tasks:
+            fd = fds.get(tid)
+            if fd is None and len(fds) < KEPT_OPEN:
+                try:
+                    fd = fds[tid] = os.open(f"/proc/{self.pid}/task/{tid}/stat",
+                                            os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    states.append("X")
+                    continue
+            if fd is None:
+                states.append(_state(self.pid, tid))
+                continue
+            try:
+                data = os.pread(fd, 1024, 0)
+            except OSError:
+                states.append("X")
+                continue
+            states.append(chr(data[data.rfind(b")") + 2]))
+        return states
 
     def runnable(self) -> bool:
         """Some thread of the process is running or waiting for a CPU."""
-        return any(_state(self.pid, t) == "R" for t in _tasks(self.pid))
+        return "R" in self._states(_tasks(self.pid))
 
     def asleep(self) -> bool:
         """Every thread sleeps now and none was scheduled since the previous call."""
         tasks = _tasks(self.pid)
-        if not tasks or any(_state(self.pid, t) not in ("S", "I") for t in tasks):
+        if not tasks or any(s not in ("S", "I") for s in self._states(tasks)):
             self._last_switches = None
             return False
         switches = sum(_switches(self.pid, t) for t in tasks)

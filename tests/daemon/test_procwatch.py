@@ -1,0 +1,50 @@
+"""The kernel's view of participants: the host-wide fast check must never miss a runnable
+thread (a false "nothing runs" would let the clock jump past work in flight)."""
+
+import subprocess
+import sys
+import time
+
+from revati.revatid import procwatch
+
+
+def test_a_spinning_process_is_seen_by_the_host_wide_check() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # past the interpreter's start-up: it spins, so it is always runnable
+        assert procwatch.ProcWatch(spinner.pid).runnable()
+        assert not any(procwatch.nothing_else_runs() for _ in range(200))
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_a_sleeping_process_is_not_runnable() -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        assert not procwatch.ProcWatch(sleeper.pid).runnable()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_threads_that_come_and_go_are_followed_and_their_files_closed() -> None:
+    churn = subprocess.Popen([sys.executable, "-c", """
+import threading, time
+while True:
+    ts = [threading.Thread(target=time.sleep, args=(0.01,)) for _ in range(8)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+"""])
+    try:
+        watch = procwatch.ProcWatch(churn.pid)
+        for _ in range(300):
+            watch.runnable()
+            assert len(watch._stat_fds) <= 9  # the main thread and at most 8 others
+        churn.kill()
+        churn.wait()
+        assert not watch.runnable() and not watch._stat_fds
+    finally:
+        churn.kill()
+        churn.wait()
