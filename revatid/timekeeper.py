@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from revati.adapters.clock._vclock import NO_DEADLINE, Page
+from revati.revatid.precise_timer import PreciseTimer
 from revati.revatid.procwatch import ProcWatch, nothing_else_runs
 
 WATCH_PERIOD_NS = 20_000_000  # re-check at least this often (for waits only /proc can see)
 JOIN_POLL_S = 0.001  # while a child has yet to join, look again this often
-# A participant announces its wait (slot, poke) a few microseconds before its thread sleeps.
-# For this long after quiescence is first seen, a host that shows some thread runnable
-# (/proc/loadavg, one read) is looked at again at once, before each participant's threads
-# are read from /proc (a few us a thread, ~50 threads in a vLLM process). 49-thread jump
-# latency, bench_timekeeper: p50 1146 us before, 119 us after.
-HOST_RETRY_S = 0.0002
 
 
 class Member(Protocol):
@@ -72,7 +66,9 @@ class Timekeeper:
         self.jumps = 0
         self.jumped_ns = 0
         self.decisions: Counter[str] = Counter()
-        self._confirm: asyncio.Handle | None = None
+        # The grace interval and the back-off are microseconds: the loop's own timers round
+        # them to whole milliseconds (uvloop), so a timerfd schedules every later look.
+        self._confirm = PreciseTimer(loop)
         self._soon = False  # the last look was blocked by something that passes by itself
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="revati-timekeeper", daemon=True)
@@ -83,8 +79,7 @@ class Timekeeper:
     def stop(self) -> None:
         self._stop.set()
         self.page.poke_quiesce()
-        if self._confirm is not None:
-            self._confirm.cancel()
+        self._confirm.close()
 
     def _watch(self) -> None:
         seen = 0
@@ -152,39 +147,30 @@ class Timekeeper:
 
     def check(self) -> None:
         """Look for quiescence; jump once it has held for the grace interval."""
-        if self._confirm is not None or self._stop.is_set():
+        if self._confirm.armed or self._stop.is_set():
             return
         quiet = self._slots()
         if quiet is None:
             if self._soon:
-                self._confirm = self.loop.call_later(JOIN_POLL_S, self._retry)
+                self._confirm.arm(JOIN_POLL_S, self.check)
             return
         if self.grace_s <= 0:
             if self._kernel_agrees(quiet) and self._unchanged(quiet):
                 self._jump(quiet.deadline)
             return
-        self._confirm = self.loop.call_later(self.grace_s, self._confirmed, quiet,
-                                             self.grace_s, time.monotonic())
+        self._confirm.arm(self.grace_s, self._confirmed, quiet, self.grace_s)
 
-    def _retry(self) -> None:
-        self._confirm = None
-        self.check()
-
-    def _confirmed(self, before: Quiet, delay: float, since: float) -> None:
-        self._confirm = None
+    def _confirmed(self, before: Quiet, delay: float) -> None:
         quiet = self._slots()
         if quiet is None:
             if self._soon:
-                self._confirm = self.loop.call_later(JOIN_POLL_S, self._retry)
+                self._confirm.arm(JOIN_POLL_S, self.check)
             return
         if not quiet.same(before):
             self.check()
-        elif (self.proc_check and not nothing_else_runs()
-              and time.monotonic() - since < HOST_RETRY_S):
-            self._confirm = self.loop.call_soon(self._confirmed, quiet, delay, since)
         elif not self._kernel_agrees(quiet):  # some thread still runs: look again, less often
             delay = min(2 * delay, WATCH_PERIOD_NS / 1e9)
-            self._confirm = self.loop.call_later(delay, self._confirmed, quiet, delay, since)
+            self._confirm.arm(delay, self._confirmed, quiet, delay)
         elif self._unchanged(quiet):
             self._jump(quiet.deadline)
         else:
