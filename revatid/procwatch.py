@@ -75,6 +75,11 @@ def nothing_else_runs() -> bool:
 
 
 KEPT_OPEN = 128  # stat files kept open per process; more threads than that are opened per read
+# Threads (by name) that no hooked wait depends on, left out of runnable(): gloo's transport
+# loops wake every 10 ms from a real-time epoll timeout, and its workers run CPU collectives
+# for a caller that waits inside gloo, unhooked, so that process is judged by asleep(), which
+# reads every thread. A vLLM process has ~40 of them among its ~50 threads.
+BYSTANDERS = frozenset({b"gloo_tcp_loop", b"pt_gloo_runloop"})
 
 
 def _close(fds: dict[str, int]) -> None:
@@ -92,16 +97,21 @@ class ProcWatch:
         # Each thread's stat file stays open: a pread costs a quarter of open, read, close.
         # A file whose thread has gone fails to read, even if its id is reused.
         self._stat_fds: dict[str, int] = {}
+        self._bystanders: set[str] = set()  # named so at their first read
         weakref.finalize(self, _close, self._stat_fds)
 
-    def _states(self, tasks: list[str]) -> list[str]:
+    def _states(self, tasks: list[str], skip_bystanders: bool = False) -> list[str]:
         fds = self._stat_fds
         for gone in fds.keys() - set(tasks):
             os.close(fds.pop(gone))
+            self._bystanders.discard(gone)
         states = []
         for tid in tasks:
+            if skip_bystanders and tid in self._bystanders:
+                continue
             fd = fds.get(tid)
-            if fd is None and len(fds) < KEPT_OPEN:
+            first = fd is None
+            if first and len(fds) < KEPT_OPEN:
                 try:
                     fd = fds[tid] = os.open(f"/proc/{self.pid}/task/{tid}/stat",
                                             os.O_RDONLY | os.O_CLOEXEC)
@@ -116,12 +126,15 @@ class ProcWatch:
             except OSError:
                 states.append("X")
                 continue
-            states.append(chr(data[data.rfind(b")") + 2]))
+            end = data.rfind(b")")
+            if first and data[data.find(b"(") + 1:end] in BYSTANDERS:
+                self._bystanders.add(tid)
+            states.append(chr(data[end + 2]))
         return states
 
     def runnable(self) -> bool:
-        """Some thread of the process is running or waiting for a CPU."""
-        return "R" in self._states(_tasks(self.pid))
+        """Some thread of the process, bystanders aside, is running or waiting for a CPU."""
+        return "R" in self._states(_tasks(self.pid), skip_bystanders=True)
 
     def asleep(self) -> bool:
         """Every thread sleeps now and none was scheduled since the previous call."""

@@ -48,3 +48,27 @@ while True:
     finally:
         churn.kill()
         churn.wait()
+
+
+BUSY_GLOO_LOOP = """
+import ctypes, threading, time
+def loop():
+    ctypes.CDLL(None).prctl(15, b"gloo_tcp_loop", 0, 0, 0)  # PR_SET_NAME, as gloo names it
+    while True: pass
+threading.Thread(target=loop, daemon=True).start()
+time.sleep(30)
+"""
+
+
+def test_a_gloo_transport_loop_is_a_bystander_for_runnable_but_not_for_asleep() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_GLOO_LOOP])
+    try:
+        time.sleep(0.5)
+        watch = procwatch.ProcWatch(proc.pid)
+        watch.runnable()  # first sight: names are read, the loop counts once
+        assert len(watch._bystanders) == 1
+        assert not any(watch.runnable() for _ in range(50))
+        assert not watch.asleep() and not watch.asleep()  # a busy thread: no "proc" wait
+    finally:
+        proc.kill()
+        proc.wait()
