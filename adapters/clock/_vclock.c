@@ -9,7 +9,8 @@
  *   page 1   freeze     the union freeze: a count of participants inside Revati's own code
  *                       (plus one while no participant thread runs: the idle freeze), the
  *                       start of the current frozen interval and the frozen total (written by
- *                       participants under a spin lock, read under a sequence lock).
+ *                       participants under a robust process-shared mutex, read under a
+ *                       sequence lock).
  *   page 2+  slots      one 64-byte slot per participant: pid, threads running, activity
  *                       counter and earliest virtual deadline, so that the timekeeper learns
  *                       a participant's state without a round trip.
@@ -26,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAGIC 0x32304b4c43545652ULL /* "RVTCLK02": layout 2 adds the CPU contention model */
+#define MAGIC 0x33304b4c43545652ULL /* "RVTCLK03": layout 3 makes the freeze lock a robust mutex */
 #define PAGE 4096
 #define SLOT_SIZE 64
 #define MAX_SLOTS 256
@@ -54,7 +56,7 @@ typedef struct {
 } clock_hdr;
 
 typedef struct {
-    uint32_t lock;
+    pthread_mutex_t lock; /* robust and process-shared: see page_lock */
     uint32_t count;
     uint64_t seq;
     int64_t start;
@@ -68,6 +70,7 @@ typedef struct {
                           while more processes run than there are CPUs, else 0 */
     int64_t contended; /* real ns kept out because processes waited for a CPU */
     int64_t credited;  /* real ns kept out as the ops' way into Revati (freeze_enter_op) */
+    int32_t unslotted; /* freezes held by processes without a slot (revatid, joiners) */
 } freeze_hdr;
 
 typedef struct {
@@ -108,14 +111,49 @@ typedef struct {
     int64_t op_credit; /* ns: the cost of an op's way into Revati (set_op_credit) */
 } PageObject;
 
+/* The freeze header's lock. Participants take it around every hook, so one may be killed while
+ * holding it (SIGKILL, or SIGTERM's default action, land at any instruction). A spin lock
+ * would then wedge every process of the session and revatid's own loop. A robust mutex
+ * passes to the next locker instead (EOWNERDEAD), which closes the sequence the dead holder
+ * left open and rebuilds the counts it may have half-written (repair). */
+static void repair(freeze_hdr *f);
+
+static void page_lock(freeze_hdr *f) {
+    if (pthread_mutex_lock(&f->lock) == EOWNERDEAD) {
+        repair(f);
+        pthread_mutex_consistent(&f->lock);
+    }
+}
+
+static inline void page_unlock(freeze_hdr *f) { pthread_mutex_unlock(&f->lock); }
+
+static int page_lock_init(freeze_hdr *f) {
+    pthread_mutexattr_t a;
+    int rc = pthread_mutexattr_init(&a);
+    if (!rc) rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!rc) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!rc) rc = pthread_mutex_init(&f->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    return rc;
+}
+
 /* Effective monotonic time: real time minus what does not flow. Frozen, it stands still; while
  * more participant processes run than the host has CPUs, it flows at ncpu/active of real time:
  * on the emulated server each process has a core of its own, so a process that waits here for
  * a CPU would be running there. */
 static inline int64_t effective(freeze_hdr *f, int64_t m) {
-    for (;;) {
+    for (unsigned spins = 0;; spins++) {
         uint64_t s1 = LOAD(&f->seq);
-        if (s1 & 1) continue;
+        if (s1 & 1) {
+            /* A writer is inside (for ~50 ns), was preempted there, or died there: after a
+             * while, wait for the lock, which also repairs a dead writer's open sequence. */
+            if (spins > (1u << 16)) {
+                page_lock(f);
+                page_unlock(f);
+                spins = 0;
+            }
+            continue;
+        }
         double frac = f->frac;
         int64_t start = f->start, total = f->total;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -213,6 +251,14 @@ static int Page_init(PageObject *self, PyObject *args, PyObject *kw) {
         self->frz->frac = 1.0;
         self->frz->ncpu = cpus > 0 ? cpus : 0;
         self->frz->start = m;
+        int rc = page_lock_init(self->frz);
+        if (rc) {
+            munmap(base, FILE_SIZE);
+            self->base = NULL;
+            errno = rc;
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+            return -1;
+        }
         STORE(&self->clk->magic, MAGIC);
     } else if (LOAD(&self->clk->magic) != MAGIC) {
         munmap(base, FILE_SIZE);
@@ -270,14 +316,6 @@ static PyObject *Page_origins(PageObject *self, PyObject *unused) {
 
 /* ------------------------------------------------------------------ freeze (participants) */
 
-static inline void spin_lock(uint32_t *l) {
-    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
-        while (__atomic_load_n(l, __ATOMIC_RELAXED)) __builtin_ia32_pause();
-    }
-}
-
-static inline void spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
-
 /* The segments of real time: each change of the freeze count or of the active participants
  * closes the current segment at its fraction and opens one at the new fraction. The caller
  * holds f->lock and has made the seq odd. */
@@ -292,6 +330,29 @@ static inline void set_frac(freeze_hdr *f) {
     if (f->count) f->frac = 1.0;
     else if (f->ncpu > 0 && f->active > f->ncpu) f->frac = 1.0 - (double)f->ncpu / f->active;
     else f->frac = 0.0;
+}
+
+/* The lock's holder died inside a locked section: rebuild the session-wide counts from the
+ * slots, which hold each participant's share of them (revatid then releases the dead one's
+ * share as for any participant that dies), and close the sequence the holder left open. The
+ * counts hold: running and active are sums over the slots, and count is every freeze held
+ * (the slots', the unslotted ones) plus the idle freeze. At worst the segment of real time
+ * the holder was closing is counted twice. */
+static void repair(freeze_hdr *f) {
+    slot_t *slots = (slot_t *)((char *)f + PAGE);
+    if (!(LOAD(&f->seq) & 1)) __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
+    close_segment(f, mono_ns());
+    int64_t running = 0, active = 0, freezes = f->unslotted;
+    for (int i = 0; i < MAX_SLOTS; i++) {
+        running += slots[i].running;
+        active += slots[i].running > 0;
+        freezes += slots[i].freezes;
+    }
+    f->running = (int32_t)running;
+    f->active = (int32_t)active;
+    f->count = (uint32_t)((freezes > 0 ? freezes : 0) + (running <= 0));
+    set_frac(f);
+    __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
 }
 
 /* Add (+1) or drop (-1) one freeze; the caller holds f->lock. */
@@ -341,10 +402,11 @@ static inline uint32_t held_freezes(freeze_hdr *f) { return f->count - (f->runni
 
 static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
-    spin_lock(&f->lock);
+    page_lock(f);
     freeze_step(f, 1);
     if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
-    spin_unlock(&f->lock);
+    else f->unslotted++;
+    page_unlock(f);
     Py_RETURN_NONE;
 }
 
@@ -357,7 +419,7 @@ static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
  * beyond the current segment. */
 static PyObject *Page_freeze_enter_op(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
-    spin_lock(&f->lock);
+    page_lock(f);
     int64_t credit = self->op_credit;
     if (credit > 0 && f->count == 0 && f->frac == 0.0 && self->my_slot >= 0 &&
         f->running == self->slots[self->my_slot].running) {
@@ -372,7 +434,8 @@ static PyObject *Page_freeze_enter_op(PageObject *self, PyObject *unused) {
     }
     freeze_step(f, 1);
     if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
-    spin_unlock(&f->lock);
+    else f->unslotted++;
+    page_unlock(f);
     Py_RETURN_NONE;
 }
 
@@ -389,16 +452,17 @@ static PyObject *Page_set_op_credit(PageObject *self, PyObject *args) {
 
 static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
-    spin_lock(&f->lock);
+    page_lock(f);
     if (f->count == 0) {
-        spin_unlock(&f->lock);
+        page_unlock(f);
         PyErr_SetString(PyExc_RuntimeError, "freeze_exit without freeze_enter");
         return NULL;
     }
     freeze_step(f, -1);
     if (self->my_slot >= 0) self->slots[self->my_slot].freezes--;
+    else f->unslotted--;
     int quiet = f->running <= 0 && held_freezes(f) == 0;
-    spin_unlock(&f->lock);
+    page_unlock(f);
     if (quiet) poke_quiesce(f);  /* everyone waits, and now nobody is inside Revati */
     Py_RETURN_NONE;
 }
@@ -409,7 +473,7 @@ static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
     if (i < 0 || i >= MAX_SLOTS) return PyErr_Format(PyExc_IndexError, "slot %d", i);
     freeze_hdr *f = self->frz;
-    spin_lock(&f->lock);
+    page_lock(f);
     int held = self->slots[i].freezes;
     self->slots[i].freezes = 0;
     uint32_t n = held > 0 ? (uint32_t)held : 0;
@@ -420,14 +484,14 @@ static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
     f->count -= n;
     set_frac(f);
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
-    spin_unlock(&f->lock);
+    page_unlock(f);
     return PyLong_FromUnsignedLong(n);
 }
 
 static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
     int64_t m = mono_ns();
-    spin_lock(&f->lock);
+    page_lock(f);
     int64_t current = (int64_t)(f->frac * (double)(m - f->start));
     int64_t contended = f->contended + (f->count ? 0 : current);
     int64_t total = f->total + current - contended;
@@ -435,7 +499,7 @@ static PyObject *Page_freeze_stats(PageObject *self, PyObject *unused) {
     int64_t sections = f->sections;
     int idle = f->running <= 0;
     int64_t credited = f->credited;
-    spin_unlock(&f->lock);
+    page_unlock(f);
     return Py_BuildValue("ILLiLL", count - idle, (long long)total, (long long)sections, idle,
                          (long long)contended, (long long)credited);
 }
@@ -586,11 +650,11 @@ static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iIi", &i, &pid, &running)) return NULL;
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
-    spin_lock(&self->frz->lock);
+    page_lock(self->frz);
     running_step(self->frz, running - s->running);
     active_step(self->frz, s->running, running);
     s->running = running;
-    spin_unlock(&self->frz->lock);
+    page_unlock(self->frz);
     s->deadline = NO_DEADLINE;
     s->waits = 0;
     s->freezes = 0;
@@ -606,11 +670,11 @@ static PyObject *Page_slot_free(PageObject *self, PyObject *args) {
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
     STORE(&s->pid, 0);
-    spin_lock(&self->frz->lock);
+    page_lock(self->frz);
     running_step(self->frz, -s->running);
     active_step(self->frz, s->running, 0);
     s->running = 0;
-    spin_unlock(&self->frz->lock);
+    page_unlock(self->frz);
     s->deadline = NO_DEADLINE;
     Py_RETURN_NONE;
 }
@@ -621,11 +685,11 @@ static PyObject *Page_slot_running(PageObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "ii", &i, &delta)) return NULL;
     slot_t *s = slot_arg(self, i);
     if (!s) return NULL;
-    spin_lock(&self->frz->lock);
+    page_lock(self->frz);
     running_step(self->frz, delta);
     int32_t now = __atomic_add_fetch(&s->running, delta, __ATOMIC_ACQ_REL);
     active_step(self->frz, now - delta, now);
-    spin_unlock(&self->frz->lock);
+    page_unlock(self->frz);
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
     if (delta < 0) {
         s->waits++;
