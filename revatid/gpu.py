@@ -74,6 +74,7 @@ class GpuTimeline:
         self.rendezvous: dict[tuple[str, int], Rendezvous] = {}
         self.group_seq: dict[tuple[int, str], int] = {}
         self.graphs: dict[tuple[int, int], int] = {}  # (pid, graph id) -> duration ns
+        self.graph_count: dict[int, int] = {}  # per pid: forward templates register thousands
         self.launches = 0
         self.collectives = 0
         self.synchronous = False  # the device runs kernels on the launching thread (a CPU)
@@ -104,7 +105,7 @@ class GpuTimeline:
 
     def register_graph(self, pid: int, events: list[Any]) -> int:
         parsed = [_parse([ITEM_LAUNCH, *e])[-1] for e in events]
-        graph_id = sum(1 for key in self.graphs if key[0] == pid) + 1
+        graph_id = self.graph_count[pid] = self.graph_count.get(pid, 0) + 1
         self.graphs[(pid, graph_id)] = sum(self._durations(pid, parsed))
         self.launches += len(parsed)
         return graph_id

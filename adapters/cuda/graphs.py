@@ -86,17 +86,7 @@ class CUDAGraph:
         with link.freeze():
             ev = LaunchEvent(int(Family.GRAPH), "cuda_graph", self.dtype, self.device,
                              stream.stream_id, link.now_ns(), (self.graph_id,))
-            if not self.dynamic:
-                link.launch(ev)
-                return
-            runs = _Runs(link, ev)
-            saved, S.link_override = S.link_override, runs
-            try:
-                for node in self.dynamic:  # launches of their own, on this stream
-                    node()
-            finally:
-                S.link_override = saved
-                runs.send()
+            launch_graph(link, ev, self.dynamic)
 
     def reset(self) -> None:
         self.events = []
@@ -115,6 +105,22 @@ class CUDAGraph:
         with open(debug_path, "w") as f:
             for e in self.events:
                 f.write(f"{e.op} {e.dtype} {e.feats}\n")
+
+
+def launch_graph(link: Any, ev: LaunchEvent, nodes: list[Callable[[], None]]) -> None:
+    """Launch a registered graph (`ev`, a GRAPH launch) and its dynamic nodes, whose launches
+    go to the link as runs; the caller holds the link's freeze."""
+    if not nodes:
+        link.launch(ev)
+        return
+    runs = _Runs(link, ev)
+    saved, S.link_override = S.link_override, runs
+    try:
+        for node in nodes:  # launches of their own, on this stream
+            node()
+    finally:
+        S.link_override = saved
+        runs.send()
 
 
 def _after_runs(name: str) -> Callable[..., Any]:
@@ -211,12 +217,17 @@ def graph_pool_handle() -> tuple[int, int]:
 
 def dynamic(node: Callable[[], None]) -> None:
     """Launch `node()`'s kernels now, or, while the current stream captures a graph, at each
-    replay of that graph instead."""
+    replay of that graph instead. A forward template (templates.py) that records the current
+    forward keeps the node, to run it at each replay of the template."""
     graph = streams.current_stream().capture
-    if graph is None:
-        node()
-    else:
+    if graph is not None:
         graph.dynamic.append(node)
+        return
+    recorder = getattr(S.link_override, "run_node", None)  # a forward template's recording
+    if recorder is not None:
+        recorder(node)
+    else:
+        node()
 
 
 def is_current_stream_capturing() -> bool:
