@@ -23,7 +23,7 @@ from vllm.v1.attention.backend import (
 )
 
 from revati.adapters.attention_batch import AttentionBatch, batch_of, launch_attention
-from revati.adapters.cuda import graphs, launch, streams
+from revati.adapters.cuda import graphs, launch
 from revati.adapters.cuda.ops import dtype_name
 from revati.predictors.launch import Family
 
@@ -84,14 +84,17 @@ class RevatiAttentionMetadataBuilder(AttentionMetadataBuilder[AttentionBatch]):
         kv_t = cm.seq_lens_cpu_upper_bound
         kv = kv_t[:n].numpy() if kv_t is not None else q
         batch = batch_of(q, kv, bool(cm.causal))
-        current.batch = batch
+        for name in self.layer_names:
+            current.batches[name] = batch
         return batch
 
 
 class _Current:
-    """The batch of the step being built: a replayed graph re-emits attention with it."""
+    """The batch of the step being built, per attention layer: a layer's attention is a
+    dynamic node (a replayed graph or forward template re-emits it with each step's batch)."""
 
-    batch: AttentionBatch | None = None
+    def __init__(self) -> None:
+        self.batches: dict[str, AttentionBatch] = {}
 
 
 current = _Current()
@@ -122,10 +125,8 @@ class RevatiAttentionImpl(AttentionImpl[AttentionBatch]):
                 self.num_kv_heads, self.head_size,
                 self.kv_sharing_target_layer_name is None and key is not None,
                 dtype_name(kv_cache.dtype) if kv_cache.numel() else "bf16")
-        if streams.current_stream().capture is None:
-            emit(attn_metadata, *args)
-        else:  # in a CUDA graph: each replay launches with the batch of its own step
-            graphs.dynamic(lambda: emit(current.batch, *args))
+        name = layer.layer_name
+        graphs.dynamic(lambda: emit(current.batches.get(name), *args))
         return output
 
 

@@ -1,7 +1,8 @@
 """`RevatiWorker`: vLLM's GPU worker on virtual GPUs.
 
 The real `gpu_worker.Worker` runs (device init, memory profiling, KV-cache sizing, graph
-capture, execute/sample); only what asks a real driver is replaced.
+capture, execute/sample); only what asks a real driver is replaced, and once started, eager
+forwards go through forward templates (forward_templates.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from vllm.v1.worker import gpu_worker
 from vllm.v1.worker.gpu_worker import Worker
 
-from revati.adapters.vllm import custom_ops
+from revati.adapters.vllm import custom_ops, forward_templates
 
 
 def _no_kernel_warmup(worker: Any, **_: Any) -> None:
@@ -31,3 +32,9 @@ class RevatiWorker(Worker):
         # The cumem (sleep mode) allocator needs the driver's VMM API; virtual memory is
         # accounted by revati.adapters.cuda's allocator instead.
         return nullcontext()
+
+    def compile_or_warm_up_model(self) -> Any:
+        times = super().compile_or_warm_up_model()
+        # After profiling and capture: the activation peak is the real eager forward's.
+        self.forward_templates = forward_templates.install(self.model_runner.get_model())
+        return times
