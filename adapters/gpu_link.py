@@ -60,6 +60,11 @@ class GpuLink(Protocol):
         """Block, in virtual time, until the event completes. Returns the virtual time, ns."""
 
 
+# The GpuLink calls other than launches, for links that stand in front of another (a graph
+# replay's runs, a forward template's recorder) and treat them alike.
+CALLS_BESIDES_LAUNCH = ("record_event", "stream_wait_event", "collective", "register_graph",
+                        "synchronize", "event_time_ns", "synchronize_event")
+
 _link: GpuLink | None = None
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from revati.adapters.cuda import streams
 from revati.adapters.cuda.state import S
+from revati.adapters.gpu_link import CALLS_BESIDES_LAUNCH
 from revati.predictors.launch import Family, LaunchEvent
 
 MAX_PERIOD = 8  # launches per dynamic-node layer that _runs looks for before it hashes
@@ -176,13 +177,9 @@ class _Runs:
         for ev, count in runs:
             _launch_run(self.link, ev, count)
 
-    record_event = _after_runs("record_event")
-    stream_wait_event = _after_runs("stream_wait_event")
-    collective = _after_runs("collective")
-    register_graph = _after_runs("register_graph")
-    synchronize = _after_runs("synchronize")
-    event_time_ns = _after_runs("event_time_ns")
-    synchronize_event = _after_runs("synchronize_event")
+
+for _name in CALLS_BESIDES_LAUNCH:
+    setattr(_Runs, _name, _after_runs(_name))
 
 
 def _runs(events: list[LaunchEvent]) -> list[tuple[LaunchEvent, int]]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from revati.adapters.cuda import graphs, streams
 from revati.adapters.cuda.state import S
+from revati.adapters.gpu_link import CALLS_BESIDES_LAUNCH
 from revati.predictors.launch import Family, LaunchEvent
 
 CHECK_EVERY = 64  # templated forwards between two that run eagerly to re-check the template
@@ -141,14 +142,9 @@ class _Recorder:
         finally:
             self.in_node = False
 
-    launch_run = _spoiling("launch_run")
-    record_event = _spoiling("record_event")
-    stream_wait_event = _spoiling("stream_wait_event")
-    collective = _spoiling("collective")
-    register_graph = _spoiling("register_graph")
-    synchronize = _spoiling("synchronize")
-    event_time_ns = _spoiling("event_time_ns")
-    synchronize_event = _spoiling("synchronize_event")
+
+for _name in ("launch_run", *CALLS_BESIDES_LAUNCH):
+    setattr(_Recorder, _name, _spoiling(_name))
 
 
 class ForwardTemplates:
