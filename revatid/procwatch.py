@@ -74,6 +74,43 @@ def nothing_else_runs() -> bool:
         return False
 
 
+_softirq_fds: list[int] | None = None
+
+
+def _softirq_threads() -> list[int]:
+    """Stat files of the kernel's ksoftirqd threads (one per CPU), opened once."""
+    fds = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/comm", "rb") as f:
+                if not f.read().startswith(b"ksoftirqd/"):
+                    continue
+            fds.append(os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            continue
+    return fds
+
+
+def softirq_pending() -> bool:
+    """A ksoftirqd thread is runnable: the kernel put off its network receive work (over
+    budget, or while ksoftirqd already ran), so a loopback message sent before its sender
+    went to wait may not have woken its receiver yet. Nothing the participants' own threads
+    show: the sender waits, and the receiver still sleeps."""
+    global _softirq_fds
+    if _softirq_fds is None:
+        _softirq_fds = _softirq_threads()
+    for fd in _softirq_fds:
+        try:
+            data = os.pread(fd, 512, 0)
+        except OSError:
+            continue
+        if data[data.rfind(b")") + 2] == ord("R"):
+            return True
+    return False
+
+
 KEPT_OPEN = 128  # stat files kept open per process; more threads than that are opened per read
 # Threads (by name) that no hooked wait depends on, left out of runnable(): gloo's transport
 # loops wake every 10 ms from a real-time epoll timeout, and its workers run CPU collectives

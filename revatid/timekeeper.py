@@ -26,7 +26,7 @@ from typing import Protocol
 
 from revati.adapters.clock._vclock import NO_DEADLINE, Page
 from revati.revatid.precise_timer import PreciseTimer
-from revati.revatid.procwatch import ProcWatch, nothing_else_runs
+from revati.revatid.procwatch import ProcWatch, nothing_else_runs, softirq_pending
 
 WATCH_PERIOD_NS = 20_000_000  # re-check at least this often (for waits only /proc can see)
 JOIN_POLL_S = 0.001  # while a child has yet to join, look again this often
@@ -131,6 +131,8 @@ class Timekeeper:
             elif self.proc_check:
                 if others_run is None:
                     others_run = not nothing_else_runs()
+                    if others_run and softirq_pending():
+                        return False  # a message may be in flight in the kernel
                 if others_run and m.watch.runnable():
                     return False
         return True

@@ -1,9 +1,14 @@
 """The kernel's view of participants: the host-wide fast check must never miss a runnable
 thread (a false "nothing runs" would let the clock jump past work in flight)."""
 
+import asyncio
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from revati.revatid import procwatch
 
@@ -72,3 +77,48 @@ def test_a_gloo_transport_loop_is_a_bystander_for_runnable_but_not_for_asleep() 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_every_cpu_has_a_ksoftirqd_thread_to_watch() -> None:
+    """The in-flight check reads them; a host where none were found would skip it silently."""
+    fds = procwatch._softirq_threads()
+    try:
+        assert len(fds) >= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert procwatch.softirq_pending() in (True, False)
+
+
+def test_no_jump_while_the_kernel_holds_network_work_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A participant waits (by its slot) and sleeps (by the kernel), the host runs other
+    threads, and ksoftirqd is runnable: a loopback message to it may not have woken it yet,
+    so the timekeeper must not agree to jump; once ksoftirqd is done, it does."""
+    from revati.adapters.clock._vclock import Page
+    from revati.revatid import timekeeper
+    from tests.daemon.test_timekeeper_grace import _Member
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        page = Page(str(tmp_path / "page"), create=True)
+        page.slot_claim(0, sleeper.pid, 0)
+        page.slot_deadline(0, page.now() + 10**9)
+        members = [_Member(0, sleeper.pid)]
+        loop = asyncio.new_event_loop()
+        tk = timekeeper.Timekeeper(page, lambda: members, loop,
+                                   joining=lambda: False, grace_ns=50_000, proc_check=True,
+                                   on_jump=lambda _b, _a: None)
+        quiet = tk._slots()
+        assert quiet is not None
+        monkeypatch.setattr(timekeeper, "nothing_else_runs", lambda: False)
+        monkeypatch.setattr(timekeeper, "softirq_pending", lambda: True)
+        assert not tk._kernel_agrees(quiet)
+        monkeypatch.setattr(timekeeper, "softirq_pending", lambda: False)
+        assert tk._kernel_agrees(quiet)
+        tk.stop()
+        loop.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
