@@ -72,7 +72,8 @@ class _Template:
     hi: int
     nodes: list[Callable[[], None]]
     dtype: str  # the graph launch's, the kernels' most common
-    graph_ids: dict[int, int] = field(default_factory=dict)
+    graphs: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)  # per T:
+    # the registered graph's id and the output's shape
     uses: int = 0
 
     def covers(self, tokens: int) -> bool:
@@ -214,15 +215,14 @@ class ForwardTemplates:
             return None
         link = S.link()
         with link.freeze():
-            graph_id = tpl.graph_ids.get(tokens)
-            if graph_id is None:
+            graph = tpl.graphs.get(tokens)
+            if graph is None:
                 values = tpl.predict(tokens)
-                if values is None or len(tpl.graph_ids) >= MAX_GRAPHS:
+                if values is None or len(tpl.graphs) >= MAX_GRAPHS:
                     return None
                 events, shape = _unflatten(signature, values, link.now_ns())
-                graph_id = tpl.graph_ids[tokens] = link.register_graph(events)
-            else:
-                shape = _out_shape(signature, tpl, tokens)
+                graph = tpl.graphs[tokens] = (link.register_graph(events), shape)
+            graph_id, shape = graph
             dtype, device = signature[3]
             ev = LaunchEvent(int(Family.GRAPH), OP, tpl.dtype, device,
                              stream.stream_id, link.now_ns(), (graph_id,))
@@ -294,12 +294,6 @@ def _unflatten(signature: tuple, values: np.ndarray, t_ns: int,
                                   tuple(flat[i:i + n])))
         i += n
     return events, tuple(flat[i:i + out_dim])
-
-
-def _out_shape(signature: tuple, tpl: _Template, tokens: int) -> tuple[int, ...]:
-    out_dim = signature[5]
-    num = tpl.slope_num[-out_dim:] * (tokens - tpl.base_tokens) // tpl.slope_den
-    return tuple((tpl.base[-out_dim:] + num).tolist())
 
 
 def _launch_dtype(signature: tuple) -> str:
