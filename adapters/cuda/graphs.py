@@ -26,7 +26,7 @@ each, with exactly the stream times that `count` separate launches would give.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from operator import eq
 from threading import get_ident
@@ -73,8 +73,7 @@ class CUDAGraph:
             raise RuntimeError("capture_end() without capture_begin()")
         stream.capture = None
         self._stream = None
-        counts = Counter(e.dtype for e in self.events)
-        self.dtype = counts.most_common(1)[0][0] if counts else "fp32"
+        self.dtype = graph_dtype(e.dtype for e in self.events)
         link = S.link()
         with link.freeze():
             self.graph_id = link.register_graph(self.events)
@@ -106,6 +105,12 @@ class CUDAGraph:
         with open(debug_path, "w") as f:
             for e in self.events:
                 f.write(f"{e.op} {e.dtype} {e.feats}\n")
+
+
+def graph_dtype(dtypes: Iterable[str]) -> str:
+    """A GRAPH launch's dtype: its kernels' most common (the first seen among equals)."""
+    counts = Counter(dtypes)
+    return counts.most_common(1)[0][0] if counts else "fp32"
 
 
 def launch_graph(link: Any, ev: LaunchEvent, nodes: list[Callable[[], None]]) -> None:

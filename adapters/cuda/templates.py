@@ -258,6 +258,7 @@ def _fit(samples: list[_Sample]) -> _Template | None:
     workload of fixed-length prompts repeats a few counts only)."""
     by_tokens: dict[int, _Sample] = {}
     repeated = None
+    dtype = graphs.graph_dtype(kernel[2] for kernel in samples[0].signature[1])
     for s in samples:
         seen = by_tokens.setdefault(s.tokens, s)
         if seen is not s and np.array_equal(seen.values, s.values):
@@ -269,13 +270,13 @@ def _fit(samples: list[_Sample]) -> _Template | None:
         if den < 0:
             num, den = -num, -den
         tpl = _Template(a.signature, a.tokens, a.values, num, den, min(by_tokens),
-                        max(by_tokens), a.nodes, _launch_dtype(a.signature))
+                        max(by_tokens), a.nodes, dtype)
         if all(_agrees(tpl, s) for s in rest):
             return tpl
     if repeated is not None:
         return _Template(repeated.signature, repeated.tokens, repeated.values,
                          np.zeros_like(repeated.values), 1, repeated.tokens, repeated.tokens,
-                         repeated.nodes, _launch_dtype(repeated.signature))
+                         repeated.nodes, dtype)
     return None
 
 
@@ -294,9 +295,3 @@ def _unflatten(signature: tuple, values: np.ndarray, t_ns: int,
                                   tuple(flat[i:i + n])))
         i += n
     return events, tuple(flat[i:i + out_dim])
-
-
-def _launch_dtype(signature: tuple) -> str:
-    kernels = signature[1]
-    dtypes = [k[2] for k in kernels]
-    return max(set(dtypes), key=dtypes.count) if dtypes else "fp32"
