@@ -30,8 +30,9 @@ def install(model: torch.nn.Module) -> templates.ForwardTemplates | None:
         if args or not _eager_step():
             return forward(*args, **kwargs)
         positions = kwargs.get("positions")
-        if not isinstance(positions, torch.Tensor) or kwargs.get("intermediate_tensors"):
-            return forward(**kwargs)  # a later pipeline stage: its output is no tensor
+        later_stage = kwargs.get("intermediate_tensors") is not None  # its output is no tensor
+        if not isinstance(positions, torch.Tensor) or later_stage:
+            return forward(**kwargs)
         key = tuple(sorted((name, _kind(value)) for name, value in kwargs.items()))
         return store.run(key, positions.shape[-1], lambda: forward(**kwargs))
 
