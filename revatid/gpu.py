@@ -4,10 +4,11 @@ Every launch on a stream starts at max(stream ready, launch time) and makes the 
 `predicted duration` later. A run of `count` identical launches (protocol item 4) is predicted
 once and queued back to back: it starts where its first launch would and leaves the stream
 ready count x duration later, exactly where `count` launches one by one would (each after the
-first starts at the previous one's end, which is past the launch time); the trace keeps one
-entry per kernel. A collective blocks its stream until every rank of its group has
-arrived; it then completes on every rank at max(arrival) + duration (DESIGN rule 5). Items
-queued behind a blocked stream wait in order and run when it is released.
+first starts at the previous one's end, which is past the launch time); the trace keeps the
+run as one record and shows one entry per kernel. A collective blocks its stream until every
+rank of its group has arrived; it then completes on every rank at max(arrival) + duration
+(DESIGN rule 5). Items queued behind a blocked stream wait in order and run when it is
+released.
 
 Streams are keyed by (pid, device, stream): each process owns its streams; streams of one
 device run concurrently (no contention model between them).
@@ -161,9 +162,7 @@ class GpuTimeline:
             else:
                 start = max(s.ready, ev.t_ns)
                 s.ready = start + count * dur
-            kernel = self.trace.kernel
-            for i in range(count):
-                kernel(pid, device, stream, ev, start + i * dur, dur)
+            self.trace.kernel(pid, device, stream, ev, start, dur, count)
             return False
         if kind == ITEM_RECORD:
             self.events[(pid, item[3])] = s.ready

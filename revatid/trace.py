@@ -3,10 +3,15 @@
 Tracks: one per virtual GPU stream (pid "GPU <device> (pid N)", tid = stream) with every
 kernel and collective, one per participant with its waits on the GPU, and one for the
 timekeeper's jumps. Times are virtual; the JSON uses microseconds.
+
+A run of identical kernels back to back (a graph replay's per-layer attention) is kept as one
+record with its count and expanded when the trace is read: recording is on revatid's path of
+every launch batch, reading happens once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from revati.predictors.launch import Family, LaunchEvent
@@ -16,7 +21,8 @@ MAX_RECORDS = 2_000_000  # beyond this, records are counted but not kept
 
 class Trace:
     def __init__(self) -> None:
-        self.kernels: list[tuple[int, int, int, str, int, int, int, tuple[int, ...]]] = []
+        # (pid, device, stream, op, start, duration, family, feats, count)
+        self.kernels: list[tuple[int, int, int, str, int, int, int, tuple[int, ...], int]] = []
         self.collectives: list[tuple[int, int, int, str, str, int, int, int, int]] = []
         self.waits: list[tuple[int, str, int, int]] = []
         self.jumps: list[tuple[int, int]] = []
@@ -29,9 +35,18 @@ class Trace:
         return False
 
     def kernel(self, pid: int, device: int, stream: int, ev: LaunchEvent, start: int,
-               dur: int) -> None:
+               dur: int, count: int = 1) -> None:
+        """`count` launches of `ev` back to back from `start`, `dur` each."""
         if self._room():
-            self.kernels.append((pid, device, stream, ev.op, start, dur, ev.family, ev.feats))
+            self.kernels.append((pid, device, stream, ev.op, start, dur, ev.family, ev.feats,
+                                 count))
+
+    def kernel_spans(self) -> Iterator[tuple[int, int, int, str, int, int, int, tuple[int, ...]]]:
+        """Every kernel, runs expanded: (pid, device, stream, op, start, duration, family,
+        feats)."""
+        for pid, device, stream, op, start, dur, family, feats, count in self.kernels:
+            for i in range(count):
+                yield pid, device, stream, op, start + i * dur, dur, family, feats
 
     def collective(self, key: tuple[int, int, int], op: str, group: str, rank: int,
                    arrival: int, start: int, dur: int) -> None:
@@ -47,7 +62,7 @@ class Trace:
             self.jumps.append((start, end))
 
     def stream_busy_ns(self, pid: int, device: int, stream: int) -> int:
-        return sum(k[5] for k in self.kernels if k[:3] == (pid, device, stream))
+        return sum(k[5] * k[8] for k in self.kernels if k[:3] == (pid, device, stream))
 
     def chrome(self, names: dict[int, str]) -> dict[str, Any]:
         """The trace as a Chrome trace JSON object (names: pid -> process label)."""
@@ -63,7 +78,7 @@ class Trace:
                             "args": {"name": label}})
             return gpu_pids[(pid, device)]
 
-        for pid, device, stream, op, start, dur, family, feats in self.kernels:
+        for pid, device, stream, op, start, dur, family, feats in self.kernel_spans():
             out.append({"ph": "X", "name": op, "cat": Family(family).name.lower(),
                         "pid": gpu_track(pid, device), "tid": stream, "ts": start / 1e3,
                         "dur": dur / 1e3, "args": {"feats": list(feats)}})

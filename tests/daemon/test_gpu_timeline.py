@@ -55,7 +55,7 @@ def test_launches_queue_on_their_stream() -> None:
     assert tl.stream_ready(1, 0, 7) == 50  # another stream runs alongside
     assert tl.stream_ready(1, 0, None) == 600
     assert tl.stream_ready(2, 0, 0) == 0  # another process's stream is its own
-    assert sum(k[5] for k in tl.trace.kernels) == 300
+    assert sum(k[5] for k in tl.trace.kernel_spans()) == 300
 
 
 def test_event_orders_two_streams() -> None:
@@ -149,7 +149,8 @@ def test_a_run_queues_exactly_like_its_launches_one_by_one(synchronous: bool,
                                                            busy_until: int) -> None:
     """64 dynamic launches of a replay (32 x 2 identical ones) sent as two run items leave
     the stream, an event recorded after them, a host sync and the launch count exactly where
-    64 separate launch items do; the trace keeps one entry per kernel, back to back."""
+    64 separate launch items do; the trace shows one entry per kernel, back to back, from one
+    record per run."""
     results = []
     for runs in (False, True):
         tl = timeline(a=100_003, b=50_001, kv=1_307, att=7_919, c=11)
@@ -161,14 +162,15 @@ def test_a_run_queues_exactly_like_its_launches_one_by_one(synchronous: bool,
                       launch("c", 600_000)])
         tl.submit(1, _replay_batch(gid, 2_000_000, 32, runs))  # a second step, later
         sync = tl.stream_ready(1, 0, 0, now=2_000_100)
-        kernels = sorted((k[4], k[5], k[3]) for k in tl.trace.kernels)
+        kernels = sorted((k[4], k[5], k[3]) for k in tl.trace.kernel_spans())
         results.append((tl.stream_ready(1, 0, 0), tl.event_time(1, 5), sync, tl.launches,
                         tl.streams[(1, 0, 0)].shift, [k[:2] for k in kernels],
-                        sorted(k[2] for k in kernels)))
+                        sorted(k[2] for k in kernels), len(tl.trace.kernels)))
     one_by_one, as_runs = results
     assert as_runs[:5] == one_by_one[:5]
     assert as_runs[3] == 2 * (1 + 64) + 1 + (1 if busy_until else 0) + 3  # the graph's own 3
     assert sorted(as_runs[6]) == sorted(one_by_one[6])  # the same kernels ran
+    assert as_runs[7] == one_by_one[7] - 2 * 2 * 31  # two steps: 2 records per step, not 64
     spans = as_runs[5]  # (start, duration) of each kernel, in start order: no gap, no overlap
     step = [(s, d) for s, d in spans if 500_000 <= s < 2_000_000][:65]
     assert all(s + d == s2 for (s, d), (s2, _) in itertools.pairwise(step))
