@@ -9,7 +9,10 @@ Stream ids are per (process, device); 0 is the default stream. Event ids are per
 
 A link may also offer `launch_run(ev, count)`: `count` launches of `ev` back to back, as one
 item (the session link does; revati.adapters.cuda.graphs uses it for a replay's identical
-dynamic launches and falls back to `count` calls of `launch` on a link without it).
+dynamic launches and falls back to `count` calls of `launch` on a link without it), and
+`flush()`: send what it buffered now. A graph replay calls it: the replay is the bulk of a
+serving step's launches, and revatid then predicts and queues them while the host goes on
+(sampling, the next step's inputs) instead of when the step's sync asks for them.
 """
 
 from __future__ import annotations

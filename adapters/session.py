@@ -92,14 +92,14 @@ class SessionLink:
     def launch(self, ev: LaunchEvent) -> None:
         self.buf.append((ITEM_LAUNCH, *ev))
         if len(self.buf) >= FLUSH_ITEMS:
-            self._flush()
+            self.flush()
 
     def launch_run(self, ev: LaunchEvent, count: int) -> None:
         """`count` launches of `ev` back to back, as one item: revatid predicts it once
         (a graph replay's identical dynamic nodes, see revati.adapters.cuda.graphs)."""
         self.buf.append((ITEM_RUN, count, *ev))
         if len(self.buf) >= FLUSH_ITEMS:
-            self._flush()
+            self.flush()
 
     def record_event(self, device: int, stream: int, event_id: int) -> None:
         self.buf.append((ITEM_RECORD, device, stream, event_id))
@@ -111,9 +111,10 @@ class SessionLink:
         # Sent now: other ranks wait for it, and this one may go idle without another flush
         # (a pipeline stage's send of its activations, then a wait for the next step).
         self.buf.append((ITEM_COLLECTIVE, group, rank, *ev))
-        self._flush()
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send the buffered launches now (pipelined: the reply is read by a later request)."""
         if not self.buf:
             return
         batch, self.buf = self.buf, []
@@ -137,7 +138,7 @@ class SessionLink:
 
     def register_graph(self, events: list[LaunchEvent]) -> int:
         with self.clock.freeze():
-            self._flush()
+            self.flush()
             return self._request("gpu.graph", events=[list(e) for e in events])["graph"]
 
     def _wait(self, kind: str, **fields: Any) -> int:

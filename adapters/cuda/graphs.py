@@ -115,18 +115,22 @@ def graph_dtype(dtypes: Iterable[str]) -> str:
 
 def launch_graph(link: Any, ev: LaunchEvent, nodes: list[Callable[[], None]]) -> None:
     """Launch a registered graph (`ev`, a GRAPH launch) and its dynamic nodes, whose launches
-    go to the link as runs; the caller holds the link's freeze."""
-    if not nodes:
+    go to the link as runs; the caller holds the link's freeze. The link sends them at once
+    when it can (`flush`, see revati.adapters.gpu_link)."""
+    if nodes:
+        runs = _Runs(link, ev)
+        saved, S.link_override = S.link_override, runs
+        try:
+            for node in nodes:  # launches of their own, on this stream
+                node()
+        finally:
+            S.link_override = saved
+            runs.send()
+    else:
         link.launch(ev)
-        return
-    runs = _Runs(link, ev)
-    saved, S.link_override = S.link_override, runs
-    try:
-        for node in nodes:  # launches of their own, on this stream
-            node()
-    finally:
-        S.link_override = saved
-        runs.send()
+    flush = getattr(link, "flush", None)
+    if flush is not None:
+        flush()
 
 
 def _after_runs(name: str) -> Callable[..., Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,15 +58,9 @@ def test_replay_runs_end_where_separate_launches_do(daemon: Daemon, tmp_path: Pa
     assert summary["counters"]["launches"] == 2 * 32 + 2 * (100 + 1 + 64)
 
 
-def test_a_sync_carries_the_buffered_launches_in_its_own_message() -> None:
-    """SessionLink sends a host sync and the launches buffered before it as one request (v2
-    `batch`), and a graph replay's runs as run items."""
-    import contextlib
-    import threading
-
+def _wired_link() -> tuple[Any, list[tuple[str, dict]]]:
+    """A SessionLink whose connection records what it would send (and answers syncs)."""
     from revati.adapters.session import SessionLink
-    from revati.predictors.launch import Family, LaunchEvent
-    from revati.revatid.protocol import ITEM_LAUNCH, ITEM_RUN
 
     class Clock:
         def now_ns(self) -> int:
@@ -88,12 +85,49 @@ def test_a_sync_carries_the_buffered_launches_in_its_own_message() -> None:
     class Member:
         clock, lock, client = Clock(), threading.Lock(), Wire()
 
-    link = SessionLink(Member())  # type: ignore[arg-type]
+    return SessionLink(Member()), Member.client.sent  # type: ignore[arg-type]
+
+
+def test_a_sync_carries_the_buffered_launches_in_its_own_message() -> None:
+    """SessionLink sends a host sync and the launches buffered before it as one request (v2
+    `batch`), and a graph replay's runs as run items."""
+    from revati.predictors.launch import Family, LaunchEvent
+    from revati.revatid.protocol import ITEM_LAUNCH, ITEM_RUN
+
+    link, sent = _wired_link()
     ev = LaunchEvent(Family.GEMM, "mm", "bf16", 0, 0, 5, (8, 8, 8, 1))
     link.launch(ev)
     link.launch_run(ev, 32)
     assert link.synchronize(0, 0) == 5
-    assert Member.client.sent == [("gpu.sync", {"device": 0, "stream": 0, "batch": [
+    assert sent == [("gpu.sync", {"device": 0, "stream": 0, "batch": [
         (ITEM_LAUNCH, *ev), (ITEM_RUN, 32, *ev)]})]
     link.synchronize(0, 0)  # nothing buffered: no batch field
-    assert Member.client.sent[-1] == ("gpu.sync", {"device": 0, "stream": 0})
+    assert sent[-1] == ("gpu.sync", {"device": 0, "stream": 0})
+
+
+def test_a_graph_replay_goes_to_revatid_at_once() -> None:
+    """A replay (the bulk of a serving step) is sent when it is launched, with what was
+    buffered before it, so that revatid predicts it while the host goes on; the step's sync
+    then carries only what came after."""
+    from revati.adapters.cuda import graphs
+    from revati.adapters.cuda.state import S
+    from revati.predictors.launch import Family, LaunchEvent
+    from revati.revatid.protocol import ITEM_LAUNCH, ITEM_RUN
+
+    link, sent = _wired_link()
+    before = LaunchEvent(Family.MEMORY, "fill", "bf16", 0, 0, 5, (8, 1))
+    replay = LaunchEvent(Family.GRAPH, "cuda_graph", "bf16", 0, 0, 5, (1,))
+    att = LaunchEvent(Family.ATTENTION, "att", "bf16", 0, 0, 5, (1, 1, 9, 9, 81, 32, 8, 128, 1))
+    after = LaunchEvent(Family.MEMORY, "argmax", "bf16", 0, 0, 5, (8, 1))
+    link.launch(before)
+    saved, S.link_override = S.link_override, None
+    try:
+        graphs.launch_graph(link, replay, [lambda: S.link().launch(att)] * 4)
+    finally:
+        S.link_override = saved
+    assert sent == [("gpu.launch", {"batch": [(ITEM_LAUNCH, *before), (ITEM_LAUNCH, *replay),
+                                              (ITEM_RUN, 4, *att)]})]
+    link.launch(after)
+    link.synchronize(0, 0)
+    assert sent[-1] == ("gpu.sync", {"device": 0, "stream": 0,
+                                     "batch": [(ITEM_LAUNCH, *after)]})
