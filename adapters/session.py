@@ -189,20 +189,29 @@ def join(socket_path: str, session: str, role: str | None = None, name: str | No
     return _member
 
 
-def _process_name() -> str:
-    """What the process runs: a script's name, a -m module, or -c (sys.argv is not set yet
-    when sitecustomize runs)."""
-    try:
-        with open("/proc/self/cmdline", "rb") as f:
-            args = f.read().decode(errors="replace").split("\0")[1:]
-    except OSError:
-        return "python"
-    for i, arg in enumerate(args):
+def _entry(argv: list[str]) -> tuple[str, str]:
+    """What an interpreter command line (sys.orig_argv) runs: ("-m", module), ("-c", command),
+    ("script", path), or ("", "") for an interactive interpreter (sys.argv is not set yet when
+    sitecustomize runs)."""
+    args = iter(argv[1:])
+    for arg in args:
         if arg in ("-m", "-c"):
-            return args[i + 1] if arg == "-m" and i + 1 < len(args) else "python -c"
-        if arg and not arg.startswith("-"):
-            return os.path.basename(arg)
-    return "python"
+            return arg, next(args, "")
+        if arg in ("-W", "-X"):  # options that take a value
+            next(args, None)
+        elif arg and not arg.startswith("-"):
+            return "script", arg
+    return "", ""
+
+
+def _process_name() -> str:
+    """What the process runs: a script's name, a -m module, or -c."""
+    kind, what = _entry(sys.orig_argv)
+    if kind == "-m":
+        return what
+    if kind == "-c":
+        return "python -c"
+    return os.path.basename(what) if what else "python"
 
 
 def _announce(pid: int) -> None:
@@ -291,6 +300,21 @@ def _listen_for_attach() -> None:
     t.start()
 
 
+# Helper processes that serve nobody's request and that nobody waits for, each blocked in a
+# read Revati does not hook: multiprocessing's resource tracker (started by every program that
+# spawns workers: vLLM, SGLang) reads lines from a pipe for the whole run. Counted as running,
+# one keeps the timekeeper on its /proc path and the idle freeze off for good, so virtual time
+# flowed at real rate through every GPU wait of the other processes. They join (their parent
+# announced them) and then wait, for the timekeeper, from start to exit.
+BYSTANDER_COMMANDS = ("from multiprocessing.resource_tracker import main",)
+
+
+def is_bystander(argv: list[str]) -> bool:
+    """`argv` (sys.orig_argv) starts one of the helper processes in BYSTANDER_COMMANDS."""
+    kind, what = _entry(argv)
+    return kind == "-c" and what.lstrip().startswith(BYSTANDER_COMMANDS)
+
+
 def boot() -> None:
     """Called at interpreter start (sitecustomize) in processes started by Revati."""
     session = os.environ.get(ENV_SESSION)
@@ -298,10 +322,13 @@ def boot() -> None:
         from revati.revatid.paths import default_socket
 
         try:
-            join(os.environ.get(ENV_SOCKET) or str(default_socket()), session)
+            member = join(os.environ.get(ENV_SOCKET) or str(default_socket()), session)
         except Exception as exc:
             print(f"revati: could not join session {session}: {exc}; this process runs on "
                   "real time, unemulated", file=sys.stderr)
+        else:
+            if is_bystander(sys.orig_argv):
+                member.clock.wait_begin()  # never ended: the process waits until it exits
     elif os.environ.get(ENV_HOOKS):
         _listen_for_attach()
         os.register_at_fork(after_in_child=_listen_for_attach)

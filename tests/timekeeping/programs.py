@@ -177,5 +177,21 @@ def idle_pool(seconds: str) -> dict:
     return {"slept": slept, "task_ran_at": timed - t0}
 
 
+def with_resource_tracker(rounds: str) -> dict:
+    """Short sleeps while multiprocessing's resource tracker runs beside the program (as it
+    does beside vLLM and SGLang): a helper process blocked in a pipe read Revati does not
+    hook, for the whole run. A tracked semaphore shows it still does its job."""
+    import multiprocessing
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    lock = multiprocessing.get_context("spawn").Lock()  # registered with the tracker
+    t0 = time.monotonic()
+    for _ in range(int(rounds)):
+        time.sleep(0.05)
+    del lock
+    return {"slept": time.monotonic() - t0, "tracker_pid": resource_tracker._resource_tracker._pid}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])), flush=True)

@@ -118,3 +118,15 @@ def test_idle_thread_pool_workers_wait(daemon: Daemon) -> None:
     counters = summary["counters"]
     assert counters["quiescence_by_proc"] == 0  # the workers' SimpleQueue.get is hooked
     assert counters["wall_s"] < 3
+
+
+def test_the_resource_tracker_waits(daemon: Daemon) -> None:
+    """multiprocessing's resource tracker blocks in an unhooked read for the whole run. Counted
+    as running, it kept the idle freeze off and sent every jump through /proc: in the vLLM demo,
+    virtual time flowed at real rate through the GPU waits (457 jumps for ~2,750 decode steps)."""
+    out, summary = run_program(daemon, "with_resource_tracker", "40")
+    assert out["tracker_pid"] > 0
+    assert 2.0 <= out["slept"] < 2.01
+    counters = summary["counters"]
+    assert counters["jumps"] >= 40
+    assert counters["quiescence_by_proc"] == 0  # every participant waited in a hooked wait
