@@ -10,7 +10,8 @@ threading waits with timeouts (Condition, hence Event, Semaphore, Barrier, queue
 queue.SimpleQueue (hence idle ThreadPoolExecutor workers),
 Thread.join, subprocess waits and communicate, blocking socket receives and os.read,
 selectors (hence asyncio, whose loops the waker thread wakes at their virtual deadline),
-uvloop (replaced by the standard loop, whose clock can be virtualised) and zmq polls.
+uvloop (replaced by the standard loop, whose clock can be virtualised), zmq polls and blocking
+zmq receives.
 """
 
 from __future__ import annotations
@@ -500,6 +501,28 @@ def _install_zmq(clock: VirtualClock, zmq: Any) -> None:
         return _alarmed_wait(clock, timeout / 1000.0, wait)
 
     zmq.Socket.poll = sock_poll
+    socket_recv = _keep("zmq.Socket.recv", zmq.Socket.recv)
+    noblock, again, eagain = zmq.NOBLOCK, zmq.Again, zmq.EAGAIN
+
+    def recv(self: zmq.Socket, flags: int = 0, copy: bool = True, track: bool = False) -> Any:
+        """A blocking receive (recv_pyobj, recv_multipart... call it: SGLang's detokenizer
+        waits in one for its whole run) is a wait: taken at once when a message is there, else
+        waited for in a hooked wait, with RCVTIMEO, if set, counted in virtual time."""
+        if flags & noblock:
+            return socket_recv(self, flags, copy, track)
+        try:
+            return socket_recv(self, flags | noblock, copy, track)
+        except again:
+            pass
+        timeout = self.rcvtimeo
+        if timeout < 0:
+            with clock.waiting():
+                return socket_recv(self, flags, copy, track)
+        if not sock_poll(self, timeout):
+            raise again(eagain)
+        return socket_recv(self, flags | noblock, copy, track)
+
+    zmq.Socket.recv = recv
 
 
 def installed() -> VirtualClock | None:

@@ -193,5 +193,34 @@ def with_resource_tracker(rounds: str) -> dict:
     return {"slept": time.monotonic() - t0, "tracker_pid": resource_tracker._resource_tracker._pid}
 
 
+def zmq_receivers(seconds: str) -> dict:
+    """A thread blocks in recv_pyobj (as SGLang's detokenizer does for its whole run) while the
+    main thread sleeps, then gets a message; a socket with RCVTIMEO times out in virtual time."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    got: list = []
+    receiver = threading.Thread(target=lambda: got.append((pull.recv_pyobj(), time.monotonic())))
+    receiver.start()
+    t0 = time.monotonic()
+    time.sleep(float(seconds))
+    push.send_pyobj("hello")
+    receiver.join()
+    pull.rcvtimeo = 250  # ms
+    t1 = time.monotonic()
+    try:
+        pull.recv()
+        timed_out = None
+    except zmq.Again:
+        timed_out = time.monotonic() - t1
+    ctx.destroy(linger=0)
+    return {"message": got[0][0], "received_at": got[0][1] - t0, "timed_out": timed_out}
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])), flush=True)

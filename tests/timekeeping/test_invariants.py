@@ -130,3 +130,14 @@ def test_the_resource_tracker_waits(daemon: Daemon) -> None:
     counters = summary["counters"]
     assert counters["jumps"] >= 40
     assert counters["quiescence_by_proc"] == 0  # every participant waited in a hooked wait
+
+
+def test_a_blocking_zmq_receive_waits(daemon: Daemon) -> None:
+    """SGLang's detokenizer blocks in zmq's recv_pyobj for its whole run: a wait, not work."""
+    out, summary = run_program(daemon, "zmq_receivers", "3")
+    assert out["message"] == "hello"
+    assert 3.0 <= out["received_at"] < 3.01
+    assert 0.25 <= out["timed_out"] < 0.26  # RCVTIMEO in virtual time
+    counters = summary["counters"]
+    assert counters["quiescence_by_proc"] == 0
+    assert counters["wall_s"] < 3
