@@ -109,6 +109,10 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
         f"  quiescence seen  {c['quiescence_by_hook']} by hooks, {c['quiescence_by_proc']} "
         "by /proc (unhooked waits)",
     ]
+    if c.get("unhooked_waits"):
+        lines.append("  unhooked waits   " + ", ".join(
+            f"{who} {n}" for who, n in c["unhooked_waits"].items())
+            + "   (judged asleep through /proc)")
     if c.get("predicted_by"):
         sources = ", ".join(f"{k} {v}" for k, v in sorted(c["predicted_by"].items()))
         lines.append(f"  predicted by     {sources}   (roofline: no trained model covers it)")

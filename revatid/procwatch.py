@@ -135,6 +135,8 @@ class ProcWatch:
         # A file whose thread has gone fails to read, even if its id is reused.
         self._stat_fds: dict[str, int] = {}
         self._bystanders: set[str] = set()  # named so at their first read
+        self._main = str(pid)
+        self.comm = b""  # the process's name (its main thread's), as last read: for messages
         weakref.finalize(self, _close, self._stat_fds)
 
     def _states(self, tasks: list[str], skip_bystanders: bool = False) -> list[str]:
@@ -166,6 +168,8 @@ class ProcWatch:
             end = data.rfind(b")")
             if first and data[data.find(b"(") + 1:end] in BYSTANDERS:
                 self._bystanders.add(tid)
+            if tid == self._main:  # setproctitle may rename it at any time
+                self.comm = data[data.find(b"(") + 1:end]
             states.append(chr(data[end + 2]))
         return states
 

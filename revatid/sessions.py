@@ -257,6 +257,7 @@ class Session:
                 "contended_s": contended_ns / 1e9, "op_entry_s": credited_ns / 1e9,
                 "quiescence_by_hook": tk.decisions["hook"],
                 "quiescence_by_proc": tk.decisions["proc"],
+                "unhooked_waits": tk.unhooked_waits(),
                 "trace_dropped": self.trace.dropped,
                 "predicted_by": self.timeline.prediction_sources(),
             },

@@ -66,6 +66,10 @@ class Timekeeper:
         self.jumps = 0
         self.jumped_ns = 0
         self.decisions: Counter[str] = Counter()
+        # Decisions through /proc, by participant pid, and each one's name: a serving stack
+        # should have next to none (a wait Revati does not hook lets real time flow).
+        self.unhooked: Counter[int] = Counter()
+        self.unhooked_names: dict[int, str] = {}
         # The grace interval and the back-off are microseconds: the loop's own timers round
         # them to whole milliseconds (uvloop), so a timerfd schedules every later look.
         self._confirm = PreciseTimer(loop)
@@ -145,7 +149,17 @@ class Timekeeper:
         if again is None or not again.same(quiet):
             return False
         self.decisions.update("proc" if r else "hook" for r in quiet.running)
+        for m, running in zip(quiet.members, quiet.running, strict=True):
+            if running:
+                self.unhooked[m.pid] += 1
+                if m.pid not in self.unhooked_names:
+                    self.unhooked_names[m.pid] = m.watch.comm.decode(errors="replace") or "?"
         return True
+
+    def unhooked_waits(self, most: int = 4) -> dict[str, int]:
+        """The participants most often judged asleep through /proc: "name (pid)" -> count."""
+        return {f"{self.unhooked_names.get(pid, '?')} ({pid})": n
+                for pid, n in self.unhooked.most_common(most)}
 
     def check(self) -> None:
         """Look for quiescence; jump once it has held for the grace interval."""

@@ -34,6 +34,25 @@ def test_a_sleeping_process_is_not_runnable() -> None:
         sleeper.wait()
 
 
+def test_the_watch_names_its_process_as_it_is_now() -> None:
+    """The name the run summary gives a participant judged through /proc: its main thread's,
+    renamed since start-up (vLLM's and SGLang's processes set theirs with setproctitle)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", """
+import ctypes, time
+ctypes.CDLL(None).prctl(15, b"renamed::proc", 0, 0, 0)  # PR_SET_NAME
+time.sleep(30)
+"""])
+    try:
+        time.sleep(0.5)
+        watch = procwatch.ProcWatch(sleeper.pid)
+        assert watch.comm == b""
+        watch.asleep()
+        assert watch.comm == b"renamed::proc"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_threads_that_come_and_go_are_followed_and_their_files_closed() -> None:
     churn = subprocess.Popen([sys.executable, "-c", """
 import threading, time

@@ -77,6 +77,9 @@ def test_unhooked_wait_falls_back_and_finishes(daemon: Daemon) -> None:
     counters = summary["counters"]
     assert counters["quiescence_by_proc"] > 0
     assert counters["wall_s"] < 10
+    # the summary names the process that waited unhooked, with the decisions it took
+    (who, n), = counters["unhooked_waits"].items()
+    assert who.startswith("python") and n == counters["quiescence_by_proc"]
 
 
 def test_dilation_scales_real_work(daemon: Daemon) -> None:
