@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -207,26 +207,64 @@ class HostUse:
 MAIN_RUN = b"Starting main benchmark run"
 
 
-def run_benchmark(command: list[str], server: subprocess.Popen[bytes],
+class HeldClient:
+    """The benchmark client, started before the server is up and held before its run
+    (revati.adapters.held_start): its imports (vLLM's, ~15 s here) overlap the server's
+    start-up instead of following it. `command` is `[python, "-m", module, *args]`; `preload`
+    names the modules whose import the client would otherwise do once let go. Use it as a
+    context manager: leaving it unreleased (the server failed) ends the client unrun."""
+
+    def __init__(self, command: list[str], preload: tuple[str, ...]) -> None:
+        if len(command) < 3 or command[1] != "-m":
+            raise ValueError(f"a held client runs a module (python -m ...), not {command}")
+        python, _, module, *args = command
+        go_read, self._go = os.pipe()
+        self.output, out_write = os.pipe()
+        self.proc = subprocess.Popen(
+            [python, "-m", "revati.adapters.held_start", str(go_read), ",".join(preload),
+             module, *args], stdout=out_write, pass_fds=(go_read,))
+        os.close(go_read)
+        os.close(out_write)
+
+    def release(self) -> None:
+        """Let the client run."""
+        os.write(self._go, b"1")
+        os.close(self._go)
+        self._go = -1
+
+    def __enter__(self) -> HeldClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._go >= 0:  # never released: end of file tells it not to run
+            os.close(self._go)
+            self._go = -1
+        with suppress(OSError):
+            os.close(self.output)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_benchmark(client: HeldClient, server: subprocess.Popen[bytes],
                   ) -> tuple[int, float, dict[str, Any]]:
-    """Run the benchmark client, its output passed through. Returns its exit status, the wall
-    seconds of its measured run (from its MAIN_RUN line to its exit) and HostUse.result()
-    over that run."""
+    """Let the held benchmark client run, its output passed through. Returns its exit status,
+    the wall seconds of its measured run (from its MAIN_RUN line to its exit) and
+    HostUse.result() over that run."""
     from revati.adapters.clock.hooks import real_monotonic
 
     children0 = _children_cpu_s()
-    read, write = os.pipe()
-    client = subprocess.Popen(command, stdout=write)
-    os.close(write)
+    client.release()
     use, start, seen = None, real_monotonic(), b""
-    while chunk := os.read(read, 1 << 16):  # a hooked wait: the session may jump meanwhile
+    while chunk := os.read(client.output, 1 << 16):  # a hooked wait: the session may jump
         os.write(1, chunk)
         if use is None:
             seen = seen[-len(MAIN_RUN):] + chunk
             if MAIN_RUN in seen:
-                start, use = real_monotonic(), HostUse(server.pid, client.pid)
-    os.close(read)
-    code = client.wait()
+                start, use = real_monotonic(), HostUse(server.pid, client.proc.pid)
+    code = client.proc.wait()
     wall_s = real_monotonic() - start
     host_use = use.result(_children_cpu_s() - children0) if use is not None else {}
     return code, wall_s, host_use

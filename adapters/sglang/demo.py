@@ -67,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dataset = ["--dataset-name", "random-ids", "--random-input-len", str(args.input_len),
                    "--random-output-len", str(args.output_len), "--random-range-ratio", "1.0"]
-    # /health answers 200 once the server's own warm-up request has been served
-    with demo_driver.serving(command, port, "sglang.launch_server") as server, \
-            tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "bench.jsonl"
         if args.client == "vllm":  # vLLM's load generator, from its own environment
             client = vllm_demo.bench_serve(args, model, port, tmp, backend="openai",
                                            python=framework_python("vllm"))
+            preload = vllm_demo.BENCH_IMPORTS
         else:
             client = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
                       "--base-url", f"http://127.0.0.1:{port}", "--model", model,
@@ -81,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                       "--request-rate", str(args.request_rate), "--seed", str(args.seed),
                       "--warmup-requests", "0", "--output-file", str(out_file),
                       "--output-details"]
-        code, bench_wall_s, host_use = demo_driver.run_benchmark(client, server)
-        if code != 0:
-            return code
+            preload = ("sglang.bench_serving",)
+        # /health answers 200 once the server's own warm-up request has been served
+        with demo_driver.HeldClient(client, preload) as held, \
+                demo_driver.serving(command, port, "sglang.launch_server") as server:
+            code, bench_wall_s, host_use = demo_driver.run_benchmark(held, server)
+            if code != 0:
+                return code
+            cache = demo_driver.metrics(port, (PROMPT_TOKENS, CACHED_TOKENS))
         if args.client == "vllm":
             result = json.loads((Path(tmp) / "bench.json").read_text())
         else:
@@ -92,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
                 print("sglang.bench_serving wrote no result", file=sys.stderr)
                 return 1
             result = to_vllm_keys(json.loads(lines[-1]), args.num_prompts)
-        cache = demo_driver.metrics(port, (PROMPT_TOKENS, CACHED_TOKENS))
     demo_driver.write_result(args.result, result, bench_wall_s, args.output_len,
                              (cache[PROMPT_TOKENS], cache[CACHED_TOKENS]), host_use)
     return 0

@@ -21,6 +21,9 @@ from revati.adapters import demo_driver, models
 
 # vLLM's prefix-cache counters (prompt tokens looked up, and found), v1/metrics/loggers.py
 QUERIES, HITS = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
+# What `vllm bench serve` imports before its run (vllm/entrypoints/cli/benchmark/serve.py):
+# imported while the server starts (demo_driver.HeldClient)
+BENCH_IMPORTS = ("vllm.entrypoints.cli.main", "vllm.benchmarks.serve")
 
 
 def _vllm(*args: str, python: str = sys.executable) -> list[str]:
@@ -61,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     command = _vllm("serve", model, "--load-format", "dummy", "--port", str(port),
                     "--host", "127.0.0.1", "--max-model-len", str(args.max_model_len),
                     "--seed", str(args.seed), "--disable-uvicorn-access-log", *extra)
-    with demo_driver.serving(command, port, "vllm serve") as server, \
-            tempfile.TemporaryDirectory() as tmp:
-        code, bench_wall_s, host_use = demo_driver.run_benchmark(
-            bench_serve(args, model, port, tmp), server)
+    with tempfile.TemporaryDirectory() as tmp, \
+            demo_driver.HeldClient(bench_serve(args, model, port, tmp), BENCH_IMPORTS) as client, \
+            demo_driver.serving(command, port, "vllm serve") as server:
+        code, bench_wall_s, host_use = demo_driver.run_benchmark(client, server)
         if code != 0:
             return code
         result = json.loads((Path(tmp) / "bench.json").read_text())

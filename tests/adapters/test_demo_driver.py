@@ -1,6 +1,10 @@
-"""The demo drivers' port choice: a server started later must be able to bind it."""
+"""The demo drivers' port choice (a server started later must be able to bind it) and their
+held benchmark client (started early, run when released)."""
 
+import os
+import select
 import socket
+import sys
 
 import pytest
 
@@ -40,3 +44,30 @@ class _AllBut:
 
     def __contains__(self, p: int) -> bool:
         return p != self.port
+
+
+# `python -m calendar 2026 1` prints January 2026: a module run with arguments
+CALENDAR = [sys.executable, "-m", "calendar", "2026", "1"]
+
+
+def test_a_held_client_runs_its_module_only_once_released() -> None:
+    with demo_driver.HeldClient(CALENDAR, preload=("calendar", "json")) as client:
+        ready, _, _ = select.select([client.output], [], [], 1.0)
+        assert not ready and client.proc.poll() is None  # imported, and waiting
+        client.release()
+        out = b""
+        while chunk := os.read(client.output, 4096):
+            out += chunk
+        assert client.proc.wait(timeout=30) == 0
+    assert b"January 2026" in out
+
+
+def test_a_client_never_released_ends_without_running() -> None:
+    with demo_driver.HeldClient(CALENDAR, preload=()) as client:
+        pass
+    assert client.proc.returncode == 3  # held_start.NOT_STARTED
+
+
+def test_a_held_client_must_run_a_module() -> None:
+    with pytest.raises(ValueError, match="runs a module"):
+        demo_driver.HeldClient([sys.executable, "script.py"], preload=())
