@@ -166,10 +166,12 @@ class ProcWatch:
                 states.append("X")
                 continue
             end = data.rfind(b")")
-            if first and data[data.find(b"(") + 1:end] in BYSTANDERS:
-                self._bystanders.add(tid)
-            if tid == self._main:  # setproctitle may rename it at any time
-                self.comm = data[data.find(b"(") + 1:end]
+            if first or tid == self._main:
+                name = data[data.find(b"(") + 1:end]
+                if first and name in BYSTANDERS:
+                    self._bystanders.add(tid)
+                if tid == self._main:  # setproctitle may rename it at any time
+                    self.comm = name
             states.append(chr(data[end + 2]))
         return states
 

@@ -66,10 +66,11 @@ class Timekeeper:
         self.jumps = 0
         self.jumped_ns = 0
         self.decisions: Counter[str] = Counter()
-        # Decisions through /proc, by participant pid, and each one's name: a serving stack
-        # should have next to none (a wait Revati does not hook lets real time flow).
+        # Decisions through /proc, by participant pid, and each one's name as last read: a
+        # serving stack should have next to none (a wait Revati does not hook lets real time
+        # flow).
         self.unhooked: Counter[int] = Counter()
-        self.unhooked_names: dict[int, str] = {}
+        self.unhooked_names: dict[int, bytes] = {}
         # The grace interval and the back-off are microseconds: the loop's own timers round
         # them to whole milliseconds (uvloop), so a timerfd schedules every later look.
         self._confirm = PreciseTimer(loop)
@@ -152,13 +153,12 @@ class Timekeeper:
         for m, running in zip(quiet.members, quiet.running, strict=True):
             if running:
                 self.unhooked[m.pid] += 1
-                if m.pid not in self.unhooked_names:
-                    self.unhooked_names[m.pid] = m.watch.comm.decode(errors="replace") or "?"
+                self.unhooked_names[m.pid] = m.watch.comm
         return True
 
     def unhooked_waits(self, most: int = 4) -> dict[str, int]:
         """The participants most often judged asleep through /proc: "name (pid)" -> count."""
-        return {f"{self.unhooked_names.get(pid, '?')} ({pid})": n
+        return {f"{self.unhooked_names[pid].decode(errors='replace') or '?'} ({pid})": n
                 for pid, n in self.unhooked.most_common(most)}
 
     def check(self) -> None:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from revati.adapters import demo_driver
+from revati.adapters.held_start import NOT_STARTED
 
 
 def _bindable(port: int) -> bool:
@@ -65,7 +66,7 @@ def test_a_held_client_runs_its_module_only_once_released() -> None:
 def test_a_client_never_released_ends_without_running() -> None:
     with demo_driver.HeldClient(CALENDAR, preload=()) as client:
         pass
-    assert client.proc.returncode == 3  # held_start.NOT_STARTED
+    assert client.proc.returncode == NOT_STARTED
 
 
 def test_a_held_client_must_run_a_module() -> None:
