@@ -2,13 +2,17 @@
 (`dataset.py`), for `revatictl predictors train --sku SKU --profile DIR`.
 
     python -m revati.predictors.profiler --out DIR [--device cuda|cpu] [--quick]
+    python -m revati.predictors.profiler --out DIR --model NAME [--max-tokens N]
     python -m revati.predictors.profiler --specs [--device cuda|cpu]
 
-Grids: GEMMs over LLM layer shapes (linear layers: `F.linear` with an [n, k] weight);
-attention (scaled_dot_product_attention, and flash-attn / FlashInfer when installed) for
-prefill and decode batches; memory-bound ops (norms, activations, adds, copies, embeddings,
-softmax); on a machine with several GPUs, NCCL collectives on 2..N ranks. Features follow the
-adapter's conventions (features.py). DIR also gets spec.json: the device's figures as a
+Grids: GEMMs over LLM layer shapes (linear layers: `F.linear` with an [n, k] weight); attention
+(scaled_dot_product_attention, and flash-attn / FlashInfer when installed) for prefill and
+decode batches; memory-bound ops (norms, activations, adds, copies, embeddings, softmax); on a
+machine with several GPUs, NCCL collectives on 2..N ranks. `--model NAME` (a bundled config,
+adapters/models) times instead the shapes that model runs: its linear layers at every batch
+size to --max-tokens, the masked attention of transformers' `paged|sdpa` (one packed sequence
+of all queries over all keys, heads repeated) and the memory ops at its widths. Features follow
+the adapter's conventions (features.py). DIR also gets spec.json: the device's figures as a
 specs.json entry (measured peaks), which is the spec a bundle uses for a device that specs.json
 does not list (host-cpu).
 
@@ -227,15 +231,19 @@ def _flashinfer_cases(dev: Device, shapes: list) -> Iterator[Case]:
         yield Family.ATTENTION, op, "bf16", _attn_feats(1, sq, skv, h, hkv, d), fn
 
 
-def memory_cases(dev: Device, quick: bool) -> Iterator[Case]:
-    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+def memory_grid(dev: Device, quick: bool) -> Iterator[Case]:
     if dev.kind == "cpu":  # cheap: the quick grid keeps both widths (a model's hidden and MLP)
         tokens, widths = [2**i for i in range(11)], [512, 2048]
     else:
         tokens, widths = [2**i for i in range(15)], [2048, 4096, 8192]
         if quick:
             widths = widths[:1]
-    vocab = 32000
+    return memory_cases(dev, tokens, widths)
+
+
+def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int = 32000,
+                 ) -> Iterator[Case]:
+    dtype = "fp32" if dev.kind == "cpu" else "bf16"
     table = dev.tensor(vocab, max(widths), dtype=dtype)
     for h in widths:
         w = dev.tensor(h, dtype=dtype)
@@ -262,6 +270,64 @@ def memory_cases(dev: Device, quick: bool) -> Iterator[Case]:
             ]
             for op, fn, nbytes, elems in ops:
                 yield Family.MEMORY, op, dtype, (nbytes, elems), fn
+
+
+# -- one model's shapes (--model)
+
+def linear_shapes(cfg: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (n, k) weights of a Llama-style model's linear layers, each once."""
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or \
+        cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    shapes = [(heads * head_dim, hidden), (kv_heads * head_dim, hidden),
+              (hidden, heads * head_dim), (inter, hidden), (hidden, inter),
+              (cfg["vocab_size"], hidden)]
+    return list(dict.fromkeys(shapes))
+
+
+def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str) -> Iterator[Case]:
+    llc = cache_bytes(dev.kind)
+    for n, k in linear_shapes(cfg):
+        w = dev.tensor(n, k, dtype=dtype)
+        weights = _rotating(w, _nbytes(w), llc, partial(dev.tensor, n, k, dtype=dtype))
+        for m in _gemm_rows(top):
+            a = dev.tensor(m, k, dtype=dtype)
+            yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
+                lambda a=a, w=weights: F.linear(a, next(w))
+        del w, weights
+
+
+def packed_attention_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str,
+                           ) -> Iterator[Case]:
+    """transformers' `paged|sdpa`: every packed query against every gathered key of the batch
+    (KV heads repeated to the query heads) under an additive block-causal mask. On a GPU that
+    is the memory-efficient kernel (flash takes no mask), the op the adapter reports."""
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    op = "aten::_scaled_dot_product_efficient_attention" if dev.kind == "cuda" else \
+        "aten::scaled_dot_product_attention"
+    queries = [q for q in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if q <= top]
+    for sq in queries:
+        for skv in sorted({sq, 64, 256, 1024, 2048, 4096, 6144}):
+            if skv < sq:
+                continue
+            q = dev.tensor(1, heads, sq, head_dim, dtype=dtype)
+            k = dev.tensor(1, heads, skv, head_dim, dtype=dtype)
+            v = dev.tensor(1, heads, skv, head_dim, dtype=dtype)
+            mask = torch.zeros(1, 1, sq, skv, dtype=q.dtype, device=dev.torch)
+            yield Family.ATTENTION, op, dtype, _attn_feats(1, sq, skv, heads, heads, head_dim), \
+                lambda q=q, k=k, v=v, mask=mask: F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask)
+
+
+def model_cases(dev: Device, cfg: dict[str, Any], top: int) -> dict[str, Iterator[Case]]:
+    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    tokens = [2**i for i in range(top.bit_length()) if 2**i <= top]
+    widths = [cfg["hidden_size"], cfg["intermediate_size"]]
+    return {"gemm": model_gemm_cases(dev, cfg, top, dtype),
+            "attention": packed_attention_cases(dev, cfg, top, dtype),
+            "memory": memory_cases(dev, tokens, widths, vocab=cfg["vocab_size"])}
 
 
 def measure(dev: Device, cases: Iterator[Case], env: dict[str, str]) -> list[dict[str, Any]]:
@@ -339,6 +405,16 @@ def collective_rows(world: int, repeats: int, env: dict[str, str]) -> list[dict[
                              "repeats": len(times), **env})
         ranks *= 2
     return rows
+
+
+def _model_config(name: str) -> dict[str, Any]:
+    from revati.adapters import models
+
+    path = models.HERE / name / "config.json"
+    if not path.is_file():
+        raise SystemExit(f"profiler: unknown model {name!r}; bundled: "
+                         f"{', '.join(models.names())}")
+    return json.loads(path.read_text())
 
 
 # -- the device: environment and spec
@@ -445,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a small grid (minutes, not hours)")
     ap.add_argument("--repeats", type=int, help="timed calls per shape (default 20, CPU 5)")
     ap.add_argument("--families", default="gemm,attention,memory,collective")
+    ap.add_argument("--model", help="time the shapes of this bundled model (adapters/models) "
+                    "instead of the generic grids")
+    ap.add_argument("--max-tokens", type=int, default=512,
+                    help="--model: the largest batch (tokens) to time (default 512)")
     ap.add_argument("--specs", action="store_true",
                     help="print this device's spec entry (measured on a small grid) and exit")
     args = ap.parse_args(argv)
@@ -464,12 +544,18 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(dev)
     families = set(args.families.split(","))
     quick = args.quick or args.specs
-    grids = {"gemm": gemm_cases, "attention": attention_cases, "memory": memory_cases}
+    if args.model:
+        grids = model_cases(dev, _model_config(args.model), args.max_tokens)
+    else:
+        grids = {"gemm": gemm_cases(dev, quick), "attention": attention_cases(dev, quick),
+                 "memory": memory_grid(dev, quick)}
     rows_by_family = {}
-    for name, grid in grids.items():
+    for name, cases in grids.items():
         if name in families:
-            rows_by_family[name] = measure(dev, grid(dev, quick), env)
-            print(f"profiler: {name}: {len(rows_by_family[name])} shapes", file=sys.stderr)
+            t0 = time.monotonic()
+            rows_by_family[name] = measure(dev, cases, env)
+            print(f"profiler: {name}: {len(rows_by_family[name])} shapes in "
+                  f"{time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     if "collective" in families and dev.kind == "cuda" and torch.cuda.device_count() > 1:
         rows_by_family["collective"] = collective_rows(torch.cuda.device_count(), dev.repeats,
                                                        env)

@@ -1,16 +1,17 @@
 """The validation workload: Hugging Face transformers' continuous batching serving a trace.
 
     python -m revati.revatid.validate.workload --device cpu|cuda [--size small|full]
-        [--dtype fp32|bf16] [--threads N] [--out result.json]
+        [--dtype fp32|bf16] [--model NAME] [--layers N] [--threads N] [--out result.json]
 
-One process. A Llama-style model with random weights (seeded) from the bundled `Llama-tiny`
-config (adapters/models/Llama-tiny) is served by transformers' `ContinuousBatchingManager`
-(`init_continuous_batching`: paged KV cache, its FIFO scheduler, a background generation
-thread, attention `paged|sdpa`). A client in the main thread submits the requests of the shipped
-trace (trace.csv: arrival times, prompt and output lengths) at their arrival times, with random
-prompt token ids (seeded), and a reader thread stamps every streamed token with the process
-clock (`time.perf_counter`). Under `revatictl run` that clock is the session's virtual clock,
-so the same code measures real time on a real device and virtual time under Revati.
+One process. A Llama-style model with random weights (seeded) from a bundled config
+(adapters/models: `Llama-tiny` by default; `--layers N` keeps its first N layers) is served by
+transformers' `ContinuousBatchingManager` (`init_continuous_batching`: paged KV cache, its FIFO
+scheduler, a background generation thread, attention `paged|sdpa`). A client in the main thread
+submits the requests of the shipped trace (trace.csv: arrival times, prompt and output lengths)
+at their arrival times, with random prompt token ids (seeded), and a reader thread stamps every
+streamed token with the process clock (`time.perf_counter`). Under `revatictl run` that clock is
+the session's virtual clock, so the same code measures real time on a real device and virtual
+time under Revati.
 
 The serving configuration is fixed and explicit (block size, number of blocks, batch limits, no
 CUDA graphs, no async batching, EOS disabled so every request generates exactly its trace
@@ -37,6 +38,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TRACE = HERE / "trace.csv"
 MODEL = "Llama-tiny"
+# The real-GPU check's model: Llama 3.1 405B's layers, ten of them (72 GB in bf16, one H200).
+# A model that small GPUs serve is host-bound on an H100/H200 without CUDA graphs (a decode
+# step of Llama-tiny or an 8B model is mostly Python), and the comparison would then measure
+# the two hosts' CPUs; ten 405B layers make each step ~18 ms of HBM reads, so it checks the
+# kernels' predicted times and the host/GPU overlap.
+GPU_MODEL, GPU_LAYERS = "Llama-3.1-405B", 10
 
 
 @dataclass(frozen=True)
@@ -77,24 +84,44 @@ def load_trace(size: Size, path: Path = TRACE) -> list[tuple[float, int, int]]:
     return out
 
 
-def config_dir() -> Path:
+def config_dir(model: str = MODEL) -> Path:
     import revati.adapters.models as models
 
-    return models.HERE / MODEL
+    path = models.HERE / model
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"workload: unknown model {model!r}; bundled: "
+                         f"{', '.join(models.names())}")
+    return path
 
 
-def build_model(device: str, dtype: str, seed: int) -> Any:
+def model_config(model: str = MODEL, layers: int | None = None) -> dict[str, Any]:
+    """The bundled config, with only its first `layers` layers when given."""
+    cfg = json.loads((config_dir(model) / "config.json").read_text())
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    return cfg
+
+
+def build_model(device: str, dtype: str, seed: int, model: str = MODEL,
+                layers: int | None = None) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig.from_pretrained(config_dir())
+    cfg = LlamaConfig.from_dict(model_config(model, layers))
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg)
+    # built in its dtype: a large model built in fp32 first would need twice its memory
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(device):
+            net = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     # paged|sdpa on every device: transformers would otherwise switch to flash attention where
     # flash-attn is installed, and the runs would not compare the same kernels
-    model.set_attn_implementation("paged|sdpa")
-    return model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
+    net.set_attn_implementation("paged|sdpa")
+    return net.to(torch_dtype).eval()
 
 
 def make_manager(model: Any, serving: Serving, max_new_tokens: int, seed: int) -> Any:
@@ -193,6 +220,18 @@ def record_steps(model: Any) -> list[tuple[float, float, int]]:
     return steps
 
 
+def write_kernel_table(prof: Any, path: Path) -> None:
+    """Per (op, input shapes): calls and the device time of the kernels it launched itself."""
+    rows = [(e.key, str(e.input_shapes), e.count, e.self_device_time_total,
+             e.self_cpu_time_total) for e in prof.key_averages(group_by_input_shape=True)
+            if e.count]
+    rows.sort(key=lambda r: -r[3])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["op", "input_shapes", "calls", "self_device_us", "self_cpu_us"])
+        w.writerows(rows)
+
+
 def provenance(device: str) -> dict[str, Any]:
     import torch
     import transformers
@@ -214,20 +253,24 @@ def provenance(device: str) -> dict[str, Any]:
 
 
 def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int = 0,
-        timeout_s: float = 1800) -> dict[str, Any]:
+        timeout_s: float = 1800, model_name: str = MODEL, layers: int | None = None,
+        kernel_table: Path | None = None) -> dict[str, Any]:
+    """Serve the trace; with `kernel_table` (a real GPU), also time every op's kernels with
+    torch.profiler during the measured part and write them there (CSV), which slows the run:
+    its latencies are not the ones to compare."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    if device == "cuda":
+    if os.environ.get("REVATI_SESSION"):
         from revati.adapters.transformers import install
 
-        install()  # no-op outside a Revati session
+        install()
     size = SIZES[size_name]
     serving = Serving()
     requests = load_trace(size)
     wall0 = time.monotonic()
-    model = build_model(device, dtype, seed)
+    model = build_model(device, dtype, seed, model_name, layers)
     manager = make_manager(model, serving, size.max_output, seed)
     steps = record_steps(model)
     manager.start()
@@ -236,15 +279,30 @@ def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int 
         serve(manager, [(0.0, 16, 2), (0.0, 24, 2)], model.config.vocab_size, seed + 1,
               "warmup", timeout_s)
         steps.clear()
-        result = serve(manager, requests, model.config.vocab_size, seed, "req", timeout_s)
+        if kernel_table is None:
+            result = serve(manager, requests, model.config.vocab_size, seed, "req", timeout_s)
+        else:
+            from torch._C._profiler import _ExperimentalConfig
+            from torch.profiler import ProfilerActivity, profile
+
+            # the model runs in the manager's thread, not the one that starts the profiler
+            try:
+                every_thread = _ExperimentalConfig(profile_all_threads=True)
+            except TypeError:  # an older torch: the kernels still show, their ops do not
+                every_thread = _ExperimentalConfig()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                         record_shapes=True, experimental_config=every_thread) as prof:
+                result = serve(manager, requests, model.config.vocab_size, seed, "req",
+                               timeout_s)
+            write_kernel_table(prof, kernel_table)
     finally:
         manager.stop(block=True, timeout=30)
     t0 = result.pop("t0")
     result["steps"] = [(a - t0, b - t0, q) for a, b, q in steps]
     result.update(
         device=device, size=size_name, size_params=asdict(size), dtype=dtype, seed=seed,
-        serving=asdict(serving), model=MODEL, model_config=json.loads(
-            (config_dir() / "config.json").read_text()),
+        serving=asdict(serving), model=model_name, layers=layers,
+        model_config=model_config(model_name, layers),
         provenance=provenance(device))
     result["provenance"]["wall_s"] = None  # filled by the caller from outside the session
     result["provenance"]["process_clock_s"] = time.monotonic() - wall0
@@ -258,12 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--model", default=MODEL, help=f"a bundled model config (default {MODEL})")
+    ap.add_argument("--layers", type=int, help="keep the model's first N layers")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1, as the CPU profile); 0: torch's default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write the result JSON here (default: stdout)")
+    ap.add_argument("--kernel-table", type=Path,
+                    help="real GPU: also write each op's kernel times (torch.profiler) here")
     args = ap.parse_args(argv)
-    result = run(args.device, args.size, args.dtype, args.threads or None, args.seed)
+    result = run(args.device, args.size, args.dtype, args.threads or None, args.seed,
+                 model_name=args.model, layers=args.layers, kernel_table=args.kernel_table)
     text = json.dumps(result)
     if args.out:
         args.out.write_text(text)
