@@ -302,11 +302,14 @@ def packed_attention_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: st
                            ) -> Iterator[Case]:
     """transformers' `paged|sdpa`: every packed query against every gathered key of the batch
     (KV heads repeated to the query heads) under an additive block-causal mask. On a GPU that
-    is the memory-efficient kernel (flash takes no mask), the op the adapter reports."""
+    is the memory-efficient kernel (flash takes no mask; cuDNN's is turned off), the op the
+    adapter reports."""
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     op = "aten::_scaled_dot_product_efficient_attention" if dev.kind == "cuda" else \
         "aten::scaled_dot_product_attention"
+    if dev.kind == "cuda":  # as the workload pins it (workload.pin_attention_kernel)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     queries = [q for q in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if q <= top]
     for sq in queries:
         for skv in sorted({sq, 64, 256, 1024, 2048, 4096, 6144}):

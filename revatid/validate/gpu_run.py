@@ -1,7 +1,7 @@
 """The real-GPU side of the accuracy harness, for a lent GPU machine, in one lease:
 
     python -m revati.revatid.validate.gpu_run --out DIR [--size full] [--dtype bf16]
-        [--model Llama-3.1-405B --layers 10] [--no-kernel-table]
+        [--model Llama-3.1-405B --layers 10] [--no-kernel-table] [--repeats N]
 
 1. runs the validation workload (workload.py) for real on `cuda:0` -> DIR/real.json;
 2. profiles the GPU's kernels with the project's profiler, on the shapes of the workload's
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=workload.GPU_MODEL)
     ap.add_argument("--layers", type=int, default=workload.GPU_LAYERS)
     ap.add_argument("--no-kernel-table", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the workload this many times (real.json, real-2.json, ...)")
     args = ap.parse_args(argv)
     import torch
 
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = [("workload", run_cmd), ("profile", prof_cmd)]
     if not args.no_kernel_table:
         steps.append(("kernel_table", table_cmd))
+    for i in range(2, args.repeats + 1):  # run-to-run spread of the real side
+        steps.append((f"workload-{i}", [*run_cmd[:-1], str(args.out / f"real-{i}.json")]))
     bench = host_bench()
     walls, codes = {}, {}
     for step, cmd in steps:  # each step on its own: a failed one keeps the others' results
