@@ -62,11 +62,15 @@ class GpuLink(Protocol):
     def synchronize_event(self, event_id: int) -> int:
         """Block, in virtual time, until the event completes. Returns the virtual time, ns."""
 
+    def spend_host(self, ns: int) -> None:
+        """Let `ns` of host time pass in virtual time: work the real machine's host does that
+        does not run here (the CUDA side of launches: state.settle_host_time)."""
+
 
 # The GpuLink calls other than launches, for links that stand in front of another (a graph
 # replay's runs, a forward template's recorder) and treat them alike.
 CALLS_BESIDES_LAUNCH = ("record_event", "stream_wait_event", "collective", "register_graph",
-                        "synchronize", "event_time_ns", "synchronize_event")
+                        "synchronize", "event_time_ns", "synchronize_event", "spend_host")
 
 _link: GpuLink | None = None
 

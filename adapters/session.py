@@ -163,6 +163,9 @@ class SessionLink:
         with self.clock.freeze():
             return self._query("gpu.event_time", event=event_id)["t_ns"]
 
+    def spend_host(self, ns: int) -> None:
+        self.clock.sleep_until(self.clock.now_ns() + ns)  # the clock may jump over it
+
 
 _member: Participant | None = None
 
@@ -266,7 +269,8 @@ def _install_cuda(_torch: Any) -> None:
     assert _member is not None
     link = SessionLink(_member)
     gpu_link.install(link)
-    cuda.install(_member.session["gpu"], _member.session["num_gpus"], link=link)
+    cuda.install(_member.session["gpu"], _member.session["num_gpus"], link=link,
+                 host_costs=_member.session.get("host_costs"))
     # Measured here, as torch's import ends: the program's other threads cannot use virtual
     # CUDA yet, so the probe link stands in for nobody else's launches.
     with link.freeze():

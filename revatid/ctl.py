@@ -126,6 +126,16 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def _host_cost(text: str) -> tuple[str, float]:
+    op, sep, seconds = text.rpartition("=")
+    try:
+        if sep and op:
+            return op, float(seconds)
+    except ValueError:
+        pass
+    raise SystemExit(f"revatictl run: --host-cost takes OP=SECONDS, not {text!r}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -137,6 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["fixed_ns"] = args.fixed_ns
     if args.bundle:
         options["bundle"] = str(Path(args.bundle).resolve())
+    costs = json.loads(Path(args.host_costs).read_text()) if args.host_costs else {}
+    costs.update(_host_cost(text) for text in args.host_cost or [])
+    if costs:
+        options["host_costs"] = costs
     with daemon_for_run(args.socket) as sock:
         with Client(sock) as c:
             session = c.request("session.create", gpu=args.gpu, num_gpus=args.num_gpus,
@@ -258,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="quiescence must hold this long before a jump (default 50)")
     p.add_argument("--fixed-ns", type=int, help="predict every kernel at this duration (tests)")
     p.add_argument("--bundle", help="predict with this bundle folder instead of the SKU's own")
+    p.add_argument("--host-cost", action="append", metavar="OP=SECONDS",
+                   help="host time a call of OP costs on the real machine beyond its dispatch "
+                   "(library work a CPU-only build never runs: cuDNN attention's graph build); "
+                   "repeatable")
+    p.add_argument("--host-costs", metavar="FILE",
+                   help="a JSON object of such host times, op name -> seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the session summary as JSON here")
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")

@@ -113,7 +113,8 @@ class Daemon:
         conn.member = (s, p)
         return {"slot": p.slot, "page": s.page_path,
                 "session": {"id": s.id, "gpu": s.gpu, "num_gpus": s.num_gpus,
-                            "seed": s.options["seed"]}}
+                            "seed": s.options["seed"],
+                            "host_costs": s.options["host_costs"]}}
 
     def session_attach(self, conn: Connection, msg: dict) -> dict:
         s = self.session(msg["session"])

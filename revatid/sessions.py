@@ -47,6 +47,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # None: the daemon's CPU affinity, 0: no contention model
     "cpus": None,
     "bundle": None,  # predictor: this bundle folder instead of the SKU's own (validate --from)
+    # host seconds a launch of each named op costs on the real machine beyond its dispatch:
+    # library work that a CPU-only build never runs (cuDNN attention builds a graph per call)
+    "host_costs": {},
     "seed": 0,
     "name": "",
 }
@@ -102,6 +105,12 @@ class Session:
         cpus = self.options["cpus"]
         if cpus is not None and (not isinstance(cpus, int) or not 0 <= cpus <= 4096):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "cpus must be an integer in [0, 4096]")
+        costs = self.options["host_costs"]
+        if not isinstance(costs, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and 0 <= v <= 1
+                for k, v in costs.items()):
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                "host_costs must map op names to seconds in [0, 1]")
         self.id = secrets.token_hex(4)
         self.log = log.bind(session=self.id)
         self.loop = loop

@@ -43,7 +43,8 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
             host_bytes: int = DEFAULT_HOST_BYTES, host_float_bytes: int = DEFAULT_HOST_FLOAT_BYTES,
             context_bytes: int = DEFAULT_CONTEXT_BYTES,
             oracle: TokenOracle | None = None, nvml: bool = True,
-            distributed: bool = True, nodriver: bool = True) -> None:
+            distributed: bool = True, nodriver: bool = True,
+            host_costs: dict[str, float] | None = None) -> None:
     """Present `num_gpus` virtual GPUs of `sku` (a key or alias of predictors/skus/specs.json)
     to PyTorch in this process.
 
@@ -57,6 +58,11 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
     distributed: register the `revati` torch.distributed backend (nccl maps to it).
     nodriver: with no real driver, load a stand-in libcuda.so.1 before the first import of a
         CUDA extension package that links it (sgl-kernel...), so that it imports (nodriver.py).
+    host_costs: op name -> seconds of host time a launch of it costs on the real machine
+        beyond what its dispatch costs here (the CUDA side of the op: launch, library work
+        such as cuDNN's graph builds, which a CPU-only build never runs). Each launch is
+        stamped that much later, and the thread spends the sum before it next waits for the
+        device (state.settle_host_time).
 
     Idempotent: a second call with the same SKU and count only updates `link` and `oracle`.
     """
@@ -77,10 +83,13 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
                 S.link_override = link
             if oracle is not None:
                 S.oracle = oracle
+            if host_costs is not None:
+                S.host_cost_ns = _to_ns(host_costs)
             return
         with _frozen(link):
             _install(S, skus.resolve(sku), spec, num_gpus, link,
                      (host_bytes, host_float_bytes), context_bytes, oracle or TokenOracle())
+            S.host_cost_ns = _to_ns(host_costs or {})
             if nvml:
                 from revati.adapters.cuda import nvml as nvml_module
 
@@ -93,6 +102,10 @@ def install(sku: str, num_gpus: int, link: GpuLink | None = None, *,
                 from revati.adapters.cuda import nodriver as nodriver_module
 
                 nodriver_module.install()
+
+
+def _to_ns(costs: dict[str, float]) -> dict[str, int]:
+    return {op: round(s * 1e9) for op, s in costs.items() if s > 0}
 
 
 def _frozen(link: GpuLink | None) -> AbstractContextManager[None]:

@@ -121,7 +121,8 @@ def attention_feats(name: str, args: Sequence[Any], kwargs: dict[str, Any],
     q, k = args[0], args[1]
     if name == "aten::scaled_dot_product_attention":
         causal = args[5] if len(args) > 5 else kwargs.get("is_causal", False)
-    elif name == "aten::_scaled_dot_product_efficient_attention":
+    elif name in ("aten::_scaled_dot_product_efficient_attention",
+                  "aten::_scaled_dot_product_cudnn_attention"):
         causal = args[6] if len(args) > 6 else kwargs.get("is_causal", False)
     else:
         causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)

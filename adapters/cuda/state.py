@@ -24,6 +24,10 @@ class _Thread(threading.local):
     def __init__(self) -> None:
         self.device = 0
         self.streams: list[Stream] = list(S.default_streams)
+        # host time the real machine would have spent in this thread's launches so far and
+        # that has not passed yet (S.host_cost_ns): its launches carry it, its next wait
+        # for the device spends it (settle_host_time)
+        self.host_owed_ns = 0
 
 
 class State:
@@ -36,6 +40,8 @@ class State:
         self.host_bytes = 0
         self.host_float_bytes = 0
         self.oracle: TokenOracle | None = None
+        # op name -> host ns a launch of it costs on the real machine beyond its dispatch
+        self.host_cost_ns: dict[str, int] = {}
         self.mem: list[DeviceMemory] = []
         self.devices: list[torch.device] = []
         self.default_streams: list[Stream] = []  # THREAD copies them for each new thread
@@ -67,3 +73,13 @@ class State:
 
 S = State()
 THREAD = _Thread()  # install() runs __init__ again in its thread, once default streams exist
+
+
+def settle_host_time(link: GpuLink) -> None:
+    """Before the thread waits for the device: let the host time its launches owe pass. The
+    wait then ends when the device is done, or at once if it already is: max(host, device),
+    as on the real machine."""
+    owed = THREAD.host_owed_ns
+    if owed:
+        THREAD.host_owed_ns = 0
+        link.spend_host(owed)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from revati.adapters.cuda.state import THREAD, S
+from revati.adapters.cuda.state import THREAD, S, settle_host_time
 
 if TYPE_CHECKING:
     from revati.adapters.cuda.graphs import CUDAGraph
@@ -69,7 +69,9 @@ class Stream(torch.Stream):
 
     def synchronize(self) -> None:
         check_not_capturing("Stream.synchronize")
-        S.link().synchronize(self.device_index, self.stream_id)
+        link = S.link()
+        settle_host_time(link)
+        link.synchronize(self.device_index, self.stream_id)
 
     def __enter__(self) -> Stream:
         ctx = StreamContext(self)
@@ -136,7 +138,9 @@ class Event(torch.Event):
     def synchronize(self) -> None:
         if self.recorded:
             check_not_capturing("Event.synchronize")
-            S.link().synchronize_event(self.id)
+            link = S.link()
+            settle_host_time(link)
+            link.synchronize_event(self.id)
 
     def elapsed_time(self, end_event: Event) -> float:  # type: ignore[override]
         if not (self.enable_timing and end_event.enable_timing):
@@ -200,4 +204,6 @@ def stream(stream: Stream | None) -> StreamContext:
 
 def synchronize(device: Any = None) -> None:
     check_not_capturing("synchronize")
-    S.link().synchronize(S.device_index(device), None)
+    link = S.link()
+    settle_host_time(link)
+    link.synchronize(S.device_index(device), None)

@@ -33,7 +33,7 @@ import torch
 
 from revati.adapters.cuda import ops
 from revati.adapters.cuda.allocator import Allocation
-from revati.adapters.cuda.state import THREAD, S
+from revati.adapters.cuda.state import THREAD, S, settle_host_time
 from revati.adapters.cuda.streams import check_not_capturing
 from revati.predictors.launch import CopyDirection, Family, LaunchEvent
 
@@ -191,8 +191,12 @@ def host_values(t: VirtualTensor) -> torch.Tensor:
 # -- launches
 def emit(link: Any, dev: int, family: int, op: str, dtype: str, feats: tuple[int, ...]) -> None:
     stream = THREAD.streams[dev]
-    ev = _new_event(LaunchEvent, (family, op, dtype, dev, stream.stream_id, link.now_ns(), feats))
     graph = stream.capture
+    t_ns = link.now_ns()
+    if S.host_cost_ns and graph is None:  # a replay costs the host nothing per kernel
+        THREAD.host_owed_ns += S.host_cost_ns.get(op, 0)
+        t_ns += THREAD.host_owed_ns
+    ev = _new_event(LaunchEvent, (family, op, dtype, dev, stream.stream_id, t_ns, feats))
     if graph is None:
         link.launch(ev)
     else:
@@ -203,6 +207,7 @@ def sync_current(link: Any, dev: int, what: str) -> None:
     """The host waits until the current stream of `dev` is done (outside any freeze: the wait
     is program time, and the clock must be free to jump)."""
     check_not_capturing(what)
+    settle_host_time(link)
     link.synchronize(dev, THREAD.streams[dev].stream_id)
 
 
@@ -714,12 +719,22 @@ def _contiguous_strides(size: Sequence[int]) -> list[int]:
     return strides[::-1]
 
 
+def _masked_sdpa_backend() -> Any:
+    """The kernel SDPA with a mask runs on the virtual SKU (flash takes no mask): cuDNN's on
+    Hopper and later, as torch 2.11 picked on an H200 (results/h200-full/kernels.csv), unless
+    turned off; memory-efficient attention before Hopper."""
+    backend = torch.nn.attention.SDPBackend
+    if S.spec["capability"][0] >= 9 and torch.backends.cuda.cudnn_sdp_enabled():
+        return backend.CUDNN_ATTENTION
+    return backend.EFFICIENT_ATTENTION
+
+
 def _sdp_choice(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
-    """The fused kernel a GPU would pick: FlashAttention, or memory-efficient attention when
-    there is a mask (flash takes none). The composite SDPA then calls it: one ATTENTION event."""
+    """The fused kernel a GPU would pick: FlashAttention, or with a mask cuDNN's or
+    memory-efficient attention. The composite SDPA then calls it: one ATTENTION event."""
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     backend = torch.nn.attention.SDPBackend
-    return int(backend.FLASH_ATTENTION if mask is None else backend.EFFICIENT_ATTENTION)
+    return int(backend.FLASH_ATTENTION if mask is None else _masked_sdpa_backend())
 
 
 def _set(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -843,6 +858,9 @@ def _sdpa_autograd(query: Any, key: Any, value: Any, attn_mask: Any = None,
     if attn_mask is None:
         return aten._scaled_dot_product_flash_attention(
             query, key, value, dropout_p, is_causal, False, scale=scale)[0]
+    if _masked_sdpa_backend() == torch.nn.attention.SDPBackend.CUDNN_ATTENTION:
+        return aten._scaled_dot_product_cudnn_attention(
+            query, key, value, attn_mask, False, dropout_p, is_causal, False, scale=scale)[0]
     return aten._scaled_dot_product_efficient_attention(
         query, key, value, attn_mask, False, dropout_p, is_causal, scale=scale)[0]
 

@@ -77,6 +77,9 @@ class RecordingLink:
         self.graphs[graph_id] = list(events)
         return graph_id
 
+    def spend_host(self, ns: int) -> None:
+        self.clock += ns
+
     def synchronize(self, device: int, stream: int | None) -> int:
         self.syncs.append(("stream", (device, stream)))
         if stream is None:

@@ -13,7 +13,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from revati.predictors.launch import CopyDirection, Family  # noqa: E402
-from tests.cuda.conftest import RecordingLink  # noqa: E402
+from tests.cuda.conftest import NUM_GPUS, SKU, RecordingLink  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -266,3 +266,52 @@ def test_list_views_share_their_base(vcuda: Any, link: RecordingLink) -> None:
     chunks[2].fill_(7)
     values = small.tolist()
     assert values[2] == [5, 5, 5, 5, 7, 7] and values[0] == [0, 0, 0, 0, 7, 7]
+
+
+@pytest.mark.parametrize(("sku", "cudnn", "kernel"), [
+    ("h100", True, "aten::_scaled_dot_product_cudnn_attention"),
+    ("h100", False, "aten::_scaled_dot_product_efficient_attention"),
+    ("a100", True, "aten::_scaled_dot_product_efficient_attention"),
+])
+def test_masked_attention_runs_the_kernel_torch_picks_on_the_sku(
+        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch, sku: str,
+        cudnn: bool, kernel: str) -> None:
+    """With a mask (transformers' paged|sdpa passes one), torch 2.11 ran cuDNN's attention on
+    an H200 (results/h200-full/kernels.csv); before Hopper, or with cuDNN's turned off, the
+    memory-efficient kernel. One ATTENTION launch either way, with the mask's features."""
+    from revati.adapters.cuda.state import S
+    from revati.predictors.skus import device_spec
+
+    monkeypatch.setattr(S, "spec", device_spec(sku))
+    monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: cudnn)
+    q = torch.randn(1, 4, 8, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 4, 24, 64, device="cuda", dtype=torch.bfloat16)
+    mask = torch.zeros(1, 1, 8, 24, device="cuda", dtype=torch.bfloat16)
+    out = F.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+    assert out.shape == (1, 4, 8, 64)
+    [attention] = [e for e in link.launches if e.family == Family.ATTENTION]
+    assert attention.op == kernel
+    assert attention.feats == (1, 8, 24, 24, 24 * 24, 4, 4, 64, 0)
+
+
+@pytest.mark.parametrize(("cost_ns", "expected_ns"), [
+    (50_000, 5 * 50_000 + 10_000),  # host-bound: the last launch leaves at 250 us, runs 10 us
+    (1_000, 1_000 + 5 * 10_000),  # device-bound: the host's 5 us hide behind 50 us of kernels
+])
+def test_host_costs_stamp_launches_later_and_are_spent_before_a_sync(
+        vcuda: Any, link: RecordingLink, cost_ns: int, expected_ns: int) -> None:
+    """A launch of an op with a host cost leaves the host that much later (its launch time),
+    and the thread spends what it owes before it waits: the wait ends at max(host, device)."""
+    x = torch.empty(64, device="cuda")
+    start = len(link.launches)
+    vcuda.install(SKU, NUM_GPUS, host_costs={"aten::add_": cost_ns / 1e9})
+    try:
+        for _ in range(5):
+            x.add_(1.0)
+        stamps = [e.t_ns for e in link.launches[start:]]
+        assert stamps == [cost_ns * (i + 1) for i in range(5)]
+        assert link.clock == 0  # not spent yet: the thread has not waited
+        torch.cuda.synchronize()
+        assert link.clock == expected_ns
+    finally:
+        vcuda.install(SKU, NUM_GPUS, host_costs={})

@@ -51,8 +51,9 @@ def read_reply(sock: socket.socket) -> dict | None:
 def test_session_lifecycle(daemon: Daemon) -> None:
     with daemon.client() as c:
         assert c.request("ping")["version"] == PROTOCOL_VERSION
+        costs = {"aten::_scaled_dot_product_cudnn_attention": 0.0048}
         s = c.request("session.create", gpu="H100-SXM", num_gpus=2,
-                      options={"rate": 1.5})["session"]
+                      options={"rate": 1.5, "host_costs": costs})["session"]
         assert (s["gpu"], s["num_gpus"], s["state"]) == ("h100", 2, "running")
         assert s["options"]["rate"] == 1.5
         assert [x["id"] for x in c.request("session.list")["sessions"]] == [s["id"]]
@@ -64,6 +65,7 @@ def test_session_lifecycle(daemon: Daemon) -> None:
                 joined = member.request("session.join", session=s["id"], pid=sleeper.pid,
                                         role="actor", name="worker")
                 assert joined["page"] == s["page"]
+                assert joined["session"]["host_costs"] == costs  # for the adapter's launches
                 status = c.request("session.status", session=s["id"])["session"]
                 assert [(p["pid"], p["role"], p["name"]) for p in status["participants"]] == \
                     [(sleeper.pid, "actor", "worker")]
@@ -102,6 +104,10 @@ def test_errors_are_replies(daemon: Daemon) -> None:
         with pytest.raises(DaemonError) as err:
             c.request("session.create", options={"warp": 9})
         assert err.value.code == "bad_request"
+        for costs in ({"aten::mm": -1e-6}, {"aten::mm": "slow"}, ["aten::mm"]):
+            with pytest.raises(DaemonError) as err:
+                c.request("session.create", options={"host_costs": costs})
+            assert err.value.code == "bad_request" and "host_costs" in err.value.message
         with pytest.raises(DaemonError) as err:
             c.request("no.such.thing")
         assert err.value.code == "unknown_type"
