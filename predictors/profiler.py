@@ -178,8 +178,11 @@ def _attention_shapes(dev: Device, quick: bool) -> list[tuple[int, int, int, int
         [(b, 1, s, h, hkv, d) for h, hkv, d in heads for b, s in decode]
 
 
-def _attn_feats(b: int, sq: int, skv: int, h: int, hkv: int, d: int) -> tuple[int, ...]:
-    return (b, b * sq, b * skv, skv, b * skv * skv, h, hkv, d, int(sq > 1))
+def _attn_feats(b: int, sq: int, skv: int, h: int, hkv: int, d: int,
+                causal: bool | None = None) -> tuple[int, ...]:
+    """The adapter's ATTENTION features; causal unless told: the grids' prefills are."""
+    causal = sq > 1 if causal is None else causal
+    return (b, b * sq, b * skv, skv, b * skv * skv, h, hkv, d, int(causal))
 
 
 def attention_cases(dev: Device, quick: bool) -> Iterator[Case]:
@@ -291,7 +294,7 @@ def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str) -> 
     for n, k in linear_shapes(cfg):
         w = dev.tensor(n, k, dtype=dtype)
         weights = _rotating(w, _nbytes(w), llc, partial(dev.tensor, n, k, dtype=dtype))
-        for m in _gemm_rows(top):
+        for m in (m for m in _gemm_rows(top) if m <= top):
             a = dev.tensor(m, k, dtype=dtype)
             yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
                 lambda a=a, w=weights: F.linear(a, next(w))
@@ -302,14 +305,13 @@ def packed_attention_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: st
                            ) -> Iterator[Case]:
     """transformers' `paged|sdpa`: every packed query against every gathered key of the batch
     (KV heads repeated to the query heads) under an additive block-causal mask. On a GPU that
-    is the memory-efficient kernel (flash takes no mask; cuDNN's is turned off), the op the
-    adapter reports."""
+    is the memory-efficient kernel or cuDNN's (flash takes no mask): the rows are named after
+    the one torch picks here, as the adapter names its launches."""
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    op = "aten::_scaled_dot_product_efficient_attention" if dev.kind == "cuda" else \
-        "aten::scaled_dot_product_attention"
-    if dev.kind == "cuda":  # as the workload pins it (workload.pin_attention_kernel)
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    op = "aten::scaled_dot_product_attention"
+    if dev.kind == "cuda":
+        op = _masked_sdpa_op(heads, head_dim)
     queries = [q for q in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if q <= top]
     for sq in queries:
         for skv in sorted({sq, 64, 256, 1024, 2048, 4096, 6144}):
@@ -319,9 +321,26 @@ def packed_attention_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: st
             k = dev.tensor(1, heads, skv, head_dim, dtype=dtype)
             v = dev.tensor(1, heads, skv, head_dim, dtype=dtype)
             mask = torch.zeros(1, 1, sq, skv, dtype=q.dtype, device=dev.torch)
-            yield Family.ATTENTION, op, dtype, _attn_feats(1, sq, skv, heads, heads, head_dim), \
+            feats = _attn_feats(1, sq, skv, heads, heads, head_dim, causal=False)
+            yield Family.ATTENTION, op, dtype, feats, \
                 lambda q=q, k=k, v=v, mask=mask: F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask)
+
+
+def _masked_sdpa_op(heads: int, head_dim: int) -> str:
+    """The fused attention op torch runs for a masked bf16 SDPA on this GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q = torch.randn(1, heads, 16, head_dim, dtype=torch.bfloat16, device="cuda")
+    mask = torch.zeros(1, 1, 16, 16, dtype=q.dtype, device="cuda")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    names = {e.name for e in prof.events()}
+    for op in ("aten::_scaled_dot_product_cudnn_attention",
+               "aten::_scaled_dot_product_flash_attention"):
+        if op in names:
+            return op
+    return "aten::_scaled_dot_product_efficient_attention"
 
 
 def model_cases(dev: Device, cfg: dict[str, Any], top: int) -> dict[str, Iterator[Case]]:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from revati.revatid.validate import metrics, plot, workload
+from revati.revatid.validate import kernels, metrics, plot, workload
 
 SELF_BOUNDS = {"ttft_p50_ms": 10.0, "tpot_p50_ms": 10.0, "e2e_p50_ms": 10.0}
 GPU_BOUNDS = {f"{m}_p{p}_ms": b for m in metrics.LATENCIES for p, b in ((50, 5.0), (99, 10.0))}
@@ -104,6 +104,11 @@ def host_cpu_bundle(quick: bool = True) -> Path:
     return bundle
 
 
+def _write_json(path: Path, value: Any) -> str:
+    path.write_text(json.dumps(value))
+    return str(path)
+
+
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -121,9 +126,11 @@ def run_real(size: str, out: Path) -> float:
 
 
 def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None = None,
+                 model: list[str] | None = None, host_costs: dict[str, float] | None = None,
                  ) -> tuple[float, dict[str, Any]]:
     """The workload under Revati on a virtual `sku` (a private revatid); returns the wall time
-    (s) and the session summary."""
+    (s) and the session summary. `model`: the workload's model options (--model, --layers);
+    `host_costs`: revatictl run's --host-cost."""
     from revati.revatid.ctl import daemon_for_run
 
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
@@ -132,13 +139,42 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
         with daemon_for_run(os.path.join(tmp, "private.sock")) as sock:
             cmd = [sys.executable, "-m", "revati.revatid.ctl", "--socket", sock, "run",
                    "--gpu", sku, "--json", str(summary),
-                   *(["--bundle", str(bundle)] if bundle is not None else []), "--",
+                   *(["--bundle", str(bundle)] if bundle is not None else []),
+                   *(["--host-costs", _write_json(Path(tmp) / "host_costs.json", host_costs)]
+                     if host_costs else []), "--",
                    sys.executable, "-m", "revati.revatid.validate.workload", "--device", "cuda",
-                   "--size", size, "--dtype", dtype, "--out", str(out)]
+                   "--size", size, "--dtype", dtype, *(model or []), "--out", str(out)]
             t0 = time.monotonic()
             subprocess.run(cmd, check=True, env=env)
             wall = time.monotonic() - t0
         return wall, json.loads(summary.read_text())
+
+
+# ops whose host work on the real machine is in a child op the emulation never dispatches: the
+# adapter's op -> the real run's child (cuDNN attention builds its graph in the child)
+HOST_WORK = {"aten::_scaled_dot_product_cudnn_attention": "aten::_cudnn_attention_forward"}
+
+
+def host_costs(kernel_table: Path) -> dict[str, float]:
+    """Seconds of host time per launch of each op as the real run measured it (the mean own
+    CPU time per call in gpu_run's kernel table: dispatch, launch and library work, which the
+    emulation does not run), plus the child's for HOST_WORK ops; {} without a table."""
+    if not kernel_table.is_file():
+        return {}
+    import csv
+
+    totals: dict[str, list[float]] = {}
+    with open(kernel_table, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["op"].startswith("aten::") and int(row["calls"]):
+                t = totals.setdefault(row["op"], [0.0, 0])
+                t[0] += float(row["self_cpu_us"])
+                t[1] += int(row["calls"])
+    per_call = {op: cpu / calls * 1e-6 for op, (cpu, calls) in totals.items()}
+    for op, child in HOST_WORK.items():
+        if child in per_call:
+            per_call[op] = per_call.get(op, 0.0) + per_call[child]
+    return per_call
 
 
 def report(real: dict[str, Any], emulated: dict[str, Any], real_wall: float | None,
@@ -226,10 +262,24 @@ def cmd_from(args: argparse.Namespace) -> int:
                        env=_clean_env(), stdout=sys.stderr)
         emu_path = Path(tmp) / "emulated.json"
         _say(f"emulated run on a virtual {sku}")
+        model = ["--model", real.get("model", workload.MODEL)]
+        if real.get("layers"):
+            model += ["--layers", str(real["layers"])]
+        costs = host_costs(src / "kernels.csv")
+        if costs:
+            top = sorted(costs.items(), key=lambda kv: -kv[1])[:3]
+            _say(f"host time per launch of {len(costs)} ops, as the real run measured it ("
+                 + ", ".join(f"{op} {s * 1e6:.0f} us" for op, s in top) + ", ...)")
         emu_wall, session = run_emulated(sku, real["size"], real["dtype"], emu_path,
-                                         bundle=root / sku)
+                                         bundle=root / sku, model=model, host_costs=costs)
         emulated = json.loads(emu_path.read_text())
-    extra = {"mode": "from", "sku": sku, "source": str(src), "gpu_provenance": prov}
+        by_kernel = kernels.check(src, root / sku, sku, real["dtype"]) if \
+            (src / "kernels.csv").is_file() else {}
+    if by_kernel:
+        print("kernel by kernel (the real run's own kernel times against the predictions):")
+        print(kernels.table(by_kernel))
+    extra = {"mode": "from", "sku": sku, "source": str(src), "gpu_provenance": prov,
+             "host_costs_s": costs, "kernels": by_kernel}
     out, failures = report(real, emulated, prov.get("workload_wall_s"), emu_wall, session,
                            GPU_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"{sku} {real['size']}")

@@ -75,18 +75,6 @@ class Serving:
 WARMUP = [[(0.0, 16, 4)], [(0.0, 8 + i, 2 + i) for i in range(16)]]
 
 
-def pin_attention_kernel(device: str) -> None:
-    """On a GPU, keep SDPA with a mask on the memory-efficient kernel (the one the adapter
-    reports). torch 2.11 on an H200 picks cuDNN attention instead, whose host side builds a
-    graph for each new shape: 4.8 ms of CPU per call, which made every step of the check's model
-    wait for the host (50-60 ms for ten layers) and would have compared cuDNN's host code, not
-    the GPU."""
-    if device == "cuda":
-        import torch
-
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
 def load_trace(size: Size, path: Path = TRACE) -> list[tuple[float, int, int]]:
     """(arrival s, prompt tokens, output tokens) of the first `size.requests` trace rows."""
     with open(path) as f:
@@ -285,7 +273,6 @@ def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int 
     serving = Serving()
     requests = load_trace(size)
     wall0 = time.monotonic()
-    pin_attention_kernel(device)
     model = build_model(device, dtype, seed, model_name, layers)
     manager = make_manager(model, serving, size.max_output, seed)
     steps = record_steps(model)
@@ -320,7 +307,7 @@ def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int 
     result["steps"] = [(a - t0, b - t0, q) for a, b, q in steps]
     result.update(
         device=device, size=size_name, size_params=asdict(size), dtype=dtype, seed=seed,
-        serving=asdict(serving), model=model_name, layers=layers,
+        serving=asdict(serving), warmup=WARMUP, model=model_name, layers=layers,
         model_config=model_config(model_name, layers),
         provenance=provenance(device))
     result["provenance"]["wall_s"] = None  # filled by the caller from outside the session

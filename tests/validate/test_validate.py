@@ -156,3 +156,88 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     # by several times), not the 10% target.
     for key in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
         assert abs(m[key]["error_pct"]) < REGRESSION_BOUND_PCT, (key, m[key])
+
+
+GPU_RESULTS = ROOT / "results" / "h200-full"
+
+
+def test_model_profile_times_the_models_own_linear_layers() -> None:
+    from revati.predictors.profiler import linear_shapes
+
+    cfg = workload.model_config(workload.GPU_MODEL, workload.GPU_LAYERS)
+    assert cfg["num_hidden_layers"] == workload.GPU_LAYERS
+    # q and o share a shape, k and v another; then gate/up, down and the LM head
+    assert linear_shapes(cfg) == [(16384, 16384), (1024, 16384), (53248, 16384),
+                                  (16384, 53248), (128256, 16384)]
+
+
+@pytest.mark.torch
+def test_model_profile_on_cpu(tmp_path: Path) -> None:
+    """`--model` profiles that model's shapes: its linears at every batch to --max-tokens,
+    the masked packed attention of paged|sdpa (one sequence, not causal) and memory ops."""
+    pytest.importorskip("torch")
+    from revati.predictors.dataset import read_profiles
+    from revati.predictors.profiler import main as profile
+
+    assert profile(["--device", "cpu", "--model", "Llama-tiny", "--max-tokens", "4",
+                    "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = read_profiles(tmp_path)
+    events = [r.events[0] for r in rows]
+    # Llama-tiny: q/o [512, 512], k/v [128, 512], gate/up and the LM head [2048, 512], down
+    gemm = {(e.feats[1], e.feats[2]) for e in events if e.family == Family.GEMM}
+    assert gemm == {(512, 512), (128, 512), (2048, 512), (512, 2048)}
+    assert {e.feats[0] for e in events if e.family == Family.GEMM} == {1, 2, 3, 4}
+    attention = [e for e in events if e.family == Family.ATTENTION]
+    assert attention and all(e.feats[0] == 1 and e.feats[-1] == 0 for e in attention)
+    assert max(e.feats[1] for e in attention) == 4  # queries to --max-tokens
+    assert any(e.family == Family.MEMORY for e in events)
+
+
+def test_host_costs_from_the_h200_kernel_table() -> None:
+    """The real run's own CPU time per launch: cuDNN attention (its graph build, in a child
+    op the emulation never dispatches) 4.8 ms a call; a GEMM tens of microseconds."""
+    from revati.revatid.validate.cli import host_costs
+
+    costs = host_costs(GPU_RESULTS / "kernels.csv")
+    assert 4.0e-3 < costs["aten::_scaled_dot_product_cudnn_attention"] < 6.0e-3
+    assert 10e-6 < costs["aten::mm"] < 200e-6
+    assert host_costs(GPU_RESULTS / "missing.csv") == {}
+
+
+@pytest.mark.torch
+def test_h200_kernels_are_predicted_from_the_h200_profile(tmp_path: Path) -> None:
+    """GEMMs are 92% of the GPU time of the real H200 run; the bundle built from the same
+    machine's profile predicts their total within 5% (measured: -0.1%, 3% per shape)."""
+    pytest.importorskip("lightgbm")
+    from revati.revatid.validate import kernels
+
+    bundle = kernels.build_bundle("h200", GPU_RESULTS / "profile", tmp_path)
+    result = kernels.check(GPU_RESULTS, bundle, "h200", "bf16")
+    gemm = result["GEMM"]
+    assert gemm["calls"] == 2059 and abs(gemm["error_pct"]) < 5, gemm
+    assert gemm["shape_ape_p50_pct"] < 10, gemm
+    assert result["ATTENTION"]["calls"] == 290
+
+
+@pytest.mark.torch
+def test_validate_from_the_committed_h200_results(tmp_path: Path) -> None:
+    """`revatictl validate --from results/h200-full` on this machine: the same 64 requests and
+    their tokens under Revati on a virtual H200, the report with every metric and the kernel
+    check. The issue's bounds are not met yet (docs/validation.md: the real run waited ~1.9 s
+    on first uses of kernels, and its host is slower than the measured host costs explain);
+    the exit status says so."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "h200.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVATI_")}
+    env["REVATI_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run(
+        [sys.executable, "-m", "revati.revatid.ctl", "validate", "--from", str(GPU_RESULTS),
+         "--json", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert out.exists(), proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["steps"]["real"]["query_tokens"] > 0
+    assert report["host_costs_s"]["aten::_scaled_dot_product_cudnn_attention"] > 4e-3
+    assert abs(report["kernels"]["GEMM"]["error_pct"]) < 5
+    for key, row in report["metrics"].items():
+        assert row["real"] > 0 and row["emulated"] > 0, key
+    assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
