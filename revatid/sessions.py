@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import secrets
 import time
@@ -236,6 +237,10 @@ class Session:
         self.log.info("session.ended", reason=reason, **self.final["counters"])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.page_path)
+        # files the adapters keep beside the page (vLLM's queue readers: adapters/vllm)
+        for extra in glob.glob(glob.escape(self.page_path) + ".*"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(extra)
         self.on_end(self)
 
     def info(self) -> dict[str, Any]:

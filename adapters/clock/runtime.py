@@ -42,6 +42,7 @@ class VirtualClock:
     def __init__(self, page_path: str, slot: int, running: int = 1, late: bool = False,
                  ) -> None:
         self.page = Page(page_path)
+        self.page_path = page_path
         self.slot = slot
         self.page.slot_claim(slot, os.getpid(), running)
         if late:  # attached while running: never read less than the real clock read before

@@ -16,6 +16,11 @@ def install() -> None:
     import vllm.utils.torch_utils as torch_utils
 
     from revati.adapters.cuda import uva_view
+    from revati.adapters.postimport import when_imported
+    from revati.adapters.vllm import shm_queue
+
+    # TP/PP > 1: the engine core's and workers' shared-memory queues wake through the session
+    when_imported(shm_queue.MODULE, shm_queue.install)
 
     # Pinned host buffers seen from the device (V2's request state and staging buffers):
     # vLLM asks its `_C` extension, which exists only for real CUDA platforms.

@@ -49,7 +49,8 @@ def report(result: dict[str, Any], final: dict[str, Any], framework: str) -> dic
             if key in result:
                 out[key] = result[key]
     c = final["counters"]
-    out.update(virtual_s=c["virtual_s"], wall_s=c["wall_s"], speedup=c["speedup"])
+    out.update(virtual_s=c["virtual_s"], wall_s=c["wall_s"], speedup=c["speedup"],
+               jumps=c["jumps"], quiescence_by_proc=c["quiescence_by_proc"])
     # the benchmark phase alone (start-up is host work, at real rate)
     if "bench_wall_s" in result:
         out["bench_virtual_s"] = result["duration"]
