@@ -432,11 +432,10 @@ def collective_rows(world: int, repeats: int, env: dict[str, str]) -> list[dict[
 def _model_config(name: str) -> dict[str, Any]:
     from revati.adapters import models
 
-    path = models.HERE / name / "config.json"
-    if not path.is_file():
-        raise SystemExit(f"profiler: unknown model {name!r}; bundled: "
-                         f"{', '.join(models.names())}")
-    return json.loads(path.read_text())
+    try:
+        return models.config(name)
+    except KeyError as exc:
+        raise SystemExit(f"profiler: {exc.args[0]}") from None
 
 
 # -- the device: environment and spec

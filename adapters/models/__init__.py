@@ -32,11 +32,21 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def model_dir(name: str) -> Path:
-    """A folder with `name`'s config and tokenizer files, built once and reused."""
+def _source(name: str) -> Path:
     src = HERE / name
     if not (src / "config.json").is_file():
         raise KeyError(f"unknown model {name!r}; bundled models: {', '.join(names())}")
+    return src
+
+
+def config(name: str) -> dict:
+    """`name`'s bundled config.json."""
+    return json.loads((_source(name) / "config.json").read_text())
+
+
+def model_dir(name: str) -> Path:
+    """A folder with `name`'s config and tokenizer files, built once and reused."""
+    src = _source(name)
     digest = hashlib.sha256(Path(tokenizer.__file__).read_bytes())
     for fname in CONFIG_FILES:
         digest.update((src / fname).read_bytes())

@@ -87,19 +87,14 @@ def load_trace(size: Size, path: Path = TRACE) -> list[tuple[float, int, int]]:
     return out
 
 
-def config_dir(model: str = MODEL) -> Path:
-    import revati.adapters.models as models
-
-    path = models.HERE / model
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"workload: unknown model {model!r}; bundled: "
-                         f"{', '.join(models.names())}")
-    return path
-
-
 def model_config(model: str = MODEL, layers: int | None = None) -> dict[str, Any]:
     """The bundled config, with only its first `layers` layers when given."""
-    cfg = json.loads((config_dir(model) / "config.json").read_text())
+    import revati.adapters.models as models
+
+    try:
+        cfg = models.config(model)
+    except KeyError as exc:
+        raise SystemExit(f"workload: {exc.args[0]}") from None
     if layers:
         cfg["num_hidden_layers"] = layers
     return cfg
