@@ -130,7 +130,7 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
                  ) -> tuple[float, dict[str, Any]]:
     """The workload under Revati on a virtual `sku` (a private revatid); returns the wall time
     (s) and the session summary. `model`: the workload's model options (--model, --layers);
-    `host_costs`: revatictl run's --host-cost."""
+    `host_costs`: revatictl run's --host-costs."""
     from revati.revatid.ctl import daemon_for_run
 
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
@@ -148,33 +148,6 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
             subprocess.run(cmd, check=True, env=env)
             wall = time.monotonic() - t0
         return wall, json.loads(summary.read_text())
-
-
-# ops whose host work on the real machine is in a child op the emulation never dispatches: the
-# adapter's op -> the real run's child (cuDNN attention builds its graph in the child)
-HOST_WORK = {"aten::_scaled_dot_product_cudnn_attention": "aten::_cudnn_attention_forward"}
-
-
-def host_costs(kernel_table: Path) -> dict[str, float]:
-    """Seconds of host time per launch of each op as the real run measured it (the mean own
-    CPU time per call in gpu_run's kernel table: dispatch, launch and library work, which the
-    emulation does not run), plus the child's for HOST_WORK ops; {} without a table."""
-    if not kernel_table.is_file():
-        return {}
-    import csv
-
-    totals: dict[str, list[float]] = {}
-    with open(kernel_table, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["op"].startswith("aten::") and int(row["calls"]):
-                t = totals.setdefault(row["op"], [0.0, 0])
-                t[0] += float(row["self_cpu_us"])
-                t[1] += int(row["calls"])
-    per_call = {op: cpu / calls * 1e-6 for op, (cpu, calls) in totals.items()}
-    for op, child in HOST_WORK.items():
-        if child in per_call:
-            per_call[op] = per_call.get(op, 0.0) + per_call[child]
-    return per_call
 
 
 def report(real: dict[str, Any], emulated: dict[str, Any], real_wall: float | None,
@@ -265,7 +238,7 @@ def cmd_from(args: argparse.Namespace) -> int:
         model = ["--model", real.get("model", workload.MODEL)]
         if real.get("layers"):
             model += ["--layers", str(real["layers"])]
-        costs = host_costs(src / "kernels.csv")
+        costs = kernels.host_costs(src / "kernels.csv")
         if costs:
             top = sorted(costs.items(), key=lambda kv: -kv[1])[:3]
             _say(f"host time per launch of {len(costs)} ops, as the real run measured it ("

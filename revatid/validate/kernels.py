@@ -8,7 +8,8 @@ shapes, the device time of the kernels each op launched itself in a real run of 
 (unless --bundle names one). The end-to-end comparison (`revatictl validate --from`) mixes the
 predicted kernel times with everything the host does; this one isolates the GPU side: for the
 GEMMs and the attention of the real run, the measured device time against the bundle's
-prediction for the same shapes, summed per family and per call.
+prediction for the same shapes, summed per family and per call. The same table gives the host
+costs of `validate --from` (host_costs): the CPU time per launch the emulation does not run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,31 @@ ATTENTION_OPS = {
     "aten::_flash_attention_forward": "aten::_scaled_dot_product_flash_attention",
 }
 GEMM_OPS = ("aten::mm", "aten::addmm")
+
+
+# ops whose host work on the real machine is in a child op the emulation never dispatches: the
+# adapter's op -> the real run's child (cuDNN attention builds its graph in the child)
+HOST_WORK = {"aten::_scaled_dot_product_cudnn_attention": "aten::_cudnn_attention_forward"}
+
+
+def host_costs(kernel_table: Path) -> dict[str, float]:
+    """Seconds of host time per launch of each op as the real run measured it (the mean own
+    CPU time per call in gpu_run's kernel table: dispatch, launch and library work, which the
+    emulation does not run), plus the child's for HOST_WORK ops; {} without a table."""
+    if not kernel_table.is_file():
+        return {}
+    totals: dict[str, list[float]] = {}
+    with open(kernel_table, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["op"].startswith("aten::") and int(row["calls"]):
+                t = totals.setdefault(row["op"], [0.0, 0])
+                t[0] += float(row["self_cpu_us"])
+                t[1] += int(row["calls"])
+    per_call = {op: cpu / calls * 1e-6 for op, (cpu, calls) in totals.items()}
+    for op, child in HOST_WORK.items():
+        if child in per_call:
+            per_call[op] = per_call.get(op, 0.0) + per_call[child]
+    return per_call
 
 
 def launch_for(op: str, shapes: list[Any], dtype: str) -> LaunchEvent | None:

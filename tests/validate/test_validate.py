@@ -196,7 +196,7 @@ def test_model_profile_on_cpu(tmp_path: Path) -> None:
 def test_host_costs_from_the_h200_kernel_table() -> None:
     """The real run's own CPU time per launch: cuDNN attention (its graph build, in a child
     op the emulation never dispatches) 4.8 ms a call; a GEMM tens of microseconds."""
-    from revati.revatid.validate.cli import host_costs
+    from revati.revatid.validate.kernels import host_costs
 
     costs = host_costs(GPU_RESULTS / "kernels.csv")
     assert 4.0e-3 < costs["aten::_scaled_dot_product_cudnn_attention"] < 6.0e-3
