@@ -29,8 +29,6 @@ from typing import Any
 from revati.adapters.clock.runtime import NO_DEADLINE
 
 SLOTS = 256  # the session page's slots (_vclock.c MAX_SLOTS)
-
-
 MODULE = "vllm.distributed.device_communicators.shm_broadcast"
 
 
@@ -45,14 +43,14 @@ def install(shm_broadcast: Any) -> None:
     def __init__(self: Any, is_reader: bool, context: Any, notify_address: str,
                  *args: Any, **kwargs: Any) -> None:
         init(self, is_reader, context, notify_address, *args, **kwargs)
-        self._revati_readers = _readers_file(notify_address)
+        self._revati_clock = clock = _clock()
+        self._revati_readers = _readers_file(clock.page_path, notify_address)
         self._revati_seen = None
         if is_reader:
-            clock = _clock()
             self._revati_readers[clock.slot] = 1
 
     def wait(self: Any, timeout_ms: int | None = None) -> None:
-        clock = _clock()
+        clock = self._revati_clock
         page = clock.page
         word = page.wake_word()
         if self._revati_seen != word:
@@ -70,7 +68,7 @@ def install(shm_broadcast: Any) -> None:
 
     def notify_readers(self: Any) -> None:
         notify(self)
-        page = _clock().page
+        page = self._revati_clock.page
         readers = self._revati_readers
         slot = readers.find(b"\x01")
         while slot >= 0:
@@ -80,7 +78,7 @@ def install(shm_broadcast: Any) -> None:
     def cancel_wait(self: Any) -> None:
         cancel(self)
         if self.is_reader:
-            _clock().page.poke()  # the reader sleeps on this process's slot word
+            self._revati_clock.page.poke()  # the reader sleeps on this process's slot word
 
     cls.__init__ = __init__
     cls.wait = wait
@@ -97,11 +95,11 @@ def _clock() -> Any:
     return member.clock
 
 
-def _readers_file(notify_address: str) -> mmap.mmap:
+def _readers_file(page_path: str, notify_address: str) -> mmap.mmap:
     """One byte per session slot, set by the queue's readers: `<session page>.mq-<key>`,
     created by whichever side comes first and removed with the page (revatid)."""
     key = hashlib.sha256(notify_address.encode()).hexdigest()[:16]
-    path = f"{_clock().page_path}.mq-{key}"
+    path = f"{page_path}.mq-{key}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if os.fstat(fd).st_size < SLOTS:
