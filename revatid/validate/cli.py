@@ -163,13 +163,22 @@ def report(real: dict[str, Any], emulated: dict[str, Any], real_wall: float | No
              "session_speedup": c.get("speedup"), "kernel_launches": c.get("launches"),
              "predicted_by": c.get("predicted_by")}
     steps = {name: {"steps": len(r.get("steps", [])),
-                    "query_tokens": sum(s[2] for s in r.get("steps", []))}
+                    "query_tokens": sum(s[2] for s in r.get("steps", [])),
+                    **metrics.step_cycles(r)}
              for name, r in (("real", real), ("emulated", emulated))}
     out = {"metrics": table, "bounds_pct": bounds, "within_bounds": not failures,
            "failures": failures, "speed": speed, "steps": steps, **extra,
            "real": {k: real[k] for k in ("device", "size", "dtype", "serving", "provenance")},
            "emulated": {k: emulated[k] for k in ("device", "size", "dtype", "provenance")}}
     return out, failures
+
+
+def _steps_line(name: str, steps: dict[str, Any]) -> str:
+    line = f"{name} {steps['steps']}"
+    if "cycle_p50_ms" in steps:
+        line += (f" (cycle p50 {steps['cycle_p50_ms']:.1f} ms, p90 {steps['cycle_p90_ms']:.1f};"
+                 f" {steps['stalls']} stalls, {steps['stalled_s']:.2f} s)")
+    return line
 
 
 def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
@@ -181,8 +190,8 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
               f"(speed-up {s['speedup']:.2f}x)")
     else:
         print(f"wall time: emulated {s['emulated_wall_s']:.1f} s")
-    print(f"forward steps: real {out['steps']['real']['steps']}, emulated "
-          f"{out['steps']['emulated']['steps']}")
+    print("forward steps: " + ", ".join(_steps_line(name, out["steps"][name])
+                                        for name in ("real", "emulated")))
     if args.json:
         _mkdir(Path(args.json).parent).joinpath(Path(args.json).name).write_text(
             json.dumps(out, indent=1) + "\n")
@@ -222,9 +231,17 @@ def cmd_self(args: argparse.Namespace) -> int:
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
 
 
+def real_runs(src: Path) -> list[Path]:
+    """The real runs of a GPU results folder: real.json, then real-2.json, real-3.json, ...
+    (gpu_run --repeats N), in order; their requests are pooled."""
+    more = {int(p.stem[5:]): p for p in src.glob("real-*.json") if p.stem[5:].isdigit()}
+    return [src / "real.json", *(more[i] for i in sorted(more))]
+
+
 def cmd_from(args: argparse.Namespace) -> int:
     src = Path(args.from_dir)
-    real = json.loads((src / "real.json").read_text())
+    runs = real_runs(src)
+    real = metrics.pooled([json.loads(p.read_text()) for p in runs])
     prov = json.loads((src / "provenance.json").read_text())
     sku = prov["sku"]
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
@@ -251,7 +268,8 @@ def cmd_from(args: argparse.Namespace) -> int:
     if by_kernel:
         print("kernel by kernel (the real run's own kernel times against the predictions):")
         print(kernels.table(by_kernel))
-    extra = {"mode": "from", "sku": sku, "source": str(src), "gpu_provenance": prov,
+    extra = {"mode": "from", "sku": sku, "source": str(src), "real_runs": len(runs),
+             "gpu_provenance": prov,
              "host_costs_s": costs, "kernels": by_kernel}
     out, failures = report(real, emulated, prov.get("workload_wall_s"), emu_wall, session,
                            GPU_BOUNDS, extra)

@@ -15,6 +15,7 @@ import numpy as np
 
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("ttft", "tpot", "itl", "e2e")
+STALL_FACTOR = 5  # a step cycle this many times the median is a stall (a first use, say)
 
 
 def samples(result: dict[str, Any]) -> dict[str, list[float]]:
@@ -58,6 +59,21 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
     out["span_s"] = sum(res["span_s"] for res in results) / len(results)
     out["runs"] = len(results)
     return out
+
+
+def step_cycles(result: dict[str, Any]) -> dict[str, float]:
+    """The engine's pace, from its forward steps ([start, end, query tokens]): a cycle is from
+    one step's start to the next one's (host and device work of a step and the scheduling
+    between steps; within a run: pooled runs restart at 0). Its p50 and p90 in ms, and the
+    stalls: cycles over STALL_FACTOR x the median, their count and summed seconds."""
+    starts = [s[0] for s in result.get("steps", [])]
+    cycles = np.asarray([b - a for a, b in itertools.pairwise(starts) if b > a]) * 1e3
+    if not cycles.size:
+        return {}
+    p50 = float(np.percentile(cycles, 50))
+    stalls = cycles[cycles > STALL_FACTOR * p50]
+    return {"cycle_p50_ms": p50, "cycle_p90_ms": float(np.percentile(cycles, 90)),
+            "stalls": int(stalls.size), "stalled_s": float(stalls.sum() / 1e3)}
 
 
 def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[str, float]]:

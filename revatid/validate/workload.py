@@ -198,20 +198,23 @@ def serve(manager: Any, requests: list[tuple[float, int, int]], vocab: int, seed
     return {"requests": out, "span_s": t_end - t0, "t0": t0}
 
 
-def record_steps(model: Any) -> list[tuple[float, float, int]]:
-    """(start, end, query tokens) of every forward step of the model, by the process clock.
-    On a real device the span holds the kernels; on a virtual one only the host's own work
-    (the kernels are waited for at the step's sync)."""
-    steps: list[tuple[float, float, int]] = []
-    starts: list[float] = []
+def record_steps(model: Any) -> list[tuple[float, float, int, float]]:
+    """(start, end, query tokens, host CPU seconds) of every forward step of the model, by the
+    process clock; the CPU time is the stepping thread's (real even under Revati). On a real
+    device the span holds the kernels; on a virtual one only the host's own work (the kernels
+    are waited for at the step's sync). A step whose span grows while its CPU time does not
+    waited for the host's CPU (another tenant, say) or for the device."""
+    steps: list[tuple[float, float, int, float]] = []
+    starts: list[tuple[float, float]] = []
 
     def pre(_module: Any, args: Any, kwargs: Any) -> None:
-        starts.append(time.perf_counter())
+        starts.append((time.perf_counter(), time.thread_time()))
 
     def post(_module: Any, args: Any, kwargs: Any, _out: Any) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
-        steps.append((starts.pop(), time.perf_counter(), int(ids.shape[-1]) if ids is not None
-                      else 0))
+        t, cpu = starts.pop()
+        steps.append((t, time.perf_counter(), int(ids.shape[-1]) if ids is not None else 0,
+                      time.thread_time() - cpu))
 
     model.register_forward_pre_hook(pre, with_kwargs=True)
     model.register_forward_hook(post, with_kwargs=True)
@@ -299,7 +302,7 @@ def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int 
     finally:
         manager.stop(block=True, timeout=30)
     t0 = result.pop("t0")
-    result["steps"] = [(a - t0, b - t0, q) for a, b, q in steps]
+    result["steps"] = [(a - t0, b - t0, q, cpu) for a, b, q, cpu in steps]
     result.update(
         device=device, size=size_name, size_params=asdict(size), dtype=dtype, seed=seed,
         serving=asdict(serving), warmup=WARMUP, model=model_name, layers=layers,

@@ -19,7 +19,7 @@ from revati.predictors.launch import Family, LaunchEvent
 from revati.revatid.gpu import GpuTimeline
 from revati.revatid.protocol import ITEM_LAUNCH
 from revati.revatid.trace import Trace
-from revati.revatid.validate import metrics, plot, workload
+from revati.revatid.validate import cli, metrics, plot, workload
 
 ROOT = Path(__file__).parents[2]
 
@@ -52,6 +52,24 @@ def test_pooled_runs_keep_every_request() -> None:
     p = metrics.pooled([a, b])
     assert len(p["requests"]) == 2 and p["runs"] == 2
     assert metrics.summary(p)["ttft_p50_ms"] == pytest.approx(150.0)
+
+
+def test_step_cycles_and_stalls() -> None:
+    """Cycles run from one step's start to the next; a pooled second run (restarting at 0)
+    adds no cycle across the boundary; a cycle over five medians is a stall."""
+    run = {"steps": [[0.0, 0.05, 8], [0.1, 0.15, 1], [0.2, 0.25, 1], [0.3, 0.35, 1],
+                     [1.3, 1.35, 1], [1.4, 1.45, 1]]}
+    c = metrics.step_cycles(metrics.pooled([dict(run, requests=[], span_s=1.5)] * 2))
+    assert c["cycle_p50_ms"] == pytest.approx(100.0)
+    assert c["stalls"] == 2 and c["stalled_s"] == pytest.approx(2.0)
+    assert metrics.step_cycles({"steps": [[0.0, 0.1, 4]]}) == {}
+
+
+def test_validate_from_pools_every_real_run(tmp_path: Path) -> None:
+    for name in ("real.json", "real-10.json", "real-2.json", "real-notes.json", "kernels.csv"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in cli.real_runs(tmp_path)] == ["real.json", "real-2.json",
+                                                          "real-10.json"]
 
 
 def test_png_is_a_valid_rgb_image(tmp_path: Path) -> None:
