@@ -15,7 +15,7 @@ import numpy as np
 
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("ttft", "tpot", "itl", "e2e")
-STALL_FACTOR = 5  # a step cycle this many times the median is a stall (a first use, say)
+STALL_FACTOR = 5  # a step this many times the median step is a stall (a first use, say)
 
 
 def samples(result: dict[str, Any]) -> dict[str, list[float]]:
@@ -62,18 +62,22 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def step_cycles(result: dict[str, Any]) -> dict[str, float]:
-    """The engine's pace, from its forward steps ([start, end, query tokens]): a cycle is from
-    one step's start to the next one's (host and device work of a step and the scheduling
-    between steps; within a run: pooled runs restart at 0). Its p50 and p90 in ms, and the
-    stalls: cycles over STALL_FACTOR x the median, their count and summed seconds."""
-    starts = [s[0] for s in result.get("steps", [])]
+    """The engine's pace, from its forward steps ([start, end, query tokens, ...]): a cycle is
+    from one step's start to the next one's (host and device work of a step and the scheduling
+    between steps; within a run: pooled runs restart at 0), its p50 and p90 in ms. Stalls:
+    steps whose own span is over STALL_FACTOR x the median span (a first use of a kernel,
+    say; an idle engine between requests lengthens a cycle, not a step), their count and
+    summed seconds."""
+    steps = result.get("steps", [])
+    starts = [s[0] for s in steps]
     cycles = np.asarray([b - a for a, b in itertools.pairwise(starts) if b > a]) * 1e3
     if not cycles.size:
         return {}
-    p50 = float(np.percentile(cycles, 50))
-    stalls = cycles[cycles > STALL_FACTOR * p50]
-    return {"cycle_p50_ms": p50, "cycle_p90_ms": float(np.percentile(cycles, 90)),
-            "stalls": int(stalls.size), "stalled_s": float(stalls.sum() / 1e3)}
+    spans = np.asarray([s[1] - s[0] for s in steps])
+    stalls = spans[spans > STALL_FACTOR * np.median(spans)]
+    return {"cycle_p50_ms": float(np.percentile(cycles, 50)),
+            "cycle_p90_ms": float(np.percentile(cycles, 90)),
+            "stalls": int(stalls.size), "stalled_s": float(stalls.sum())}
 
 
 def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[str, float]]:
