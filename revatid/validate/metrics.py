@@ -15,7 +15,7 @@ import numpy as np
 
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("ttft", "tpot", "itl", "e2e")
-STALL_FACTOR = 5  # a step this many times the median step is a stall (a first use, say)
+STALL_FACTOR = 5  # a step this many times its peers' median is a stall (a first use, say)
 
 
 def samples(result: dict[str, Any]) -> dict[str, list[float]]:
@@ -65,19 +65,23 @@ def step_cycles(result: dict[str, Any]) -> dict[str, float]:
     """The engine's pace, from its forward steps ([start, end, query tokens, ...]): a cycle is
     from one step's start to the next one's (host and device work of a step and the scheduling
     between steps; within a run: pooled runs restart at 0), its p50 and p90 in ms. Stalls:
-    steps whose own span is over STALL_FACTOR x the median span (a first use of a kernel,
-    say; an idle engine between requests lengthens a cycle, not a step), their count and
-    summed seconds."""
+    steps whose own span is over STALL_FACTOR x the median span of their peers (steps of as
+    many query tokens, to the power of two; at least three): a first use of a kernel, say,
+    where a long prefill or an idle engine between requests is none. Their count and summed
+    seconds."""
     steps = result.get("steps", [])
     starts = [s[0] for s in steps]
     cycles = np.asarray([b - a for a, b in itertools.pairwise(starts) if b > a]) * 1e3
     if not cycles.size:
         return {}
-    spans = np.asarray([s[1] - s[0] for s in steps])
-    stalls = spans[spans > STALL_FACTOR * np.median(spans)]
+    peers: dict[int, list[float]] = {}
+    for s in steps:
+        peers.setdefault(int(s[2]).bit_length(), []).append(s[1] - s[0])
+    stalled = [span for group in peers.values() if len(group) >= 3
+               for span in group if span > STALL_FACTOR * float(np.median(group))]
     return {"cycle_p50_ms": float(np.percentile(cycles, 50)),
             "cycle_p90_ms": float(np.percentile(cycles, 90)),
-            "stalls": int(stalls.size), "stalled_s": float(stalls.sum())}
+            "stalls": len(stalled), "stalled_s": float(sum(stalled))}
 
 
 def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -56,12 +56,14 @@ def test_pooled_runs_keep_every_request() -> None:
 
 def test_step_cycles_and_stalls() -> None:
     """Cycles run from one step's start to the next; a pooled second run (restarting at 0)
-    adds no cycle across the boundary; a step over five median steps is a stall, an idle gap
-    between steps is not."""
-    run = {"steps": [[0.0, 0.05, 8], [0.1, 0.15, 1], [0.2, 0.25, 1], [0.3, 1.3, 1],
-                     [1.4, 1.45, 1], [3.0, 3.05, 1]]}
-    c = metrics.step_cycles(metrics.pooled([dict(run, requests=[], span_s=3.1)] * 2))
-    assert c["cycle_p50_ms"] == pytest.approx(100.0)
+    adds no cycle across the boundary; a step over five medians of its peers (as many query
+    tokens, to the power of two) is a stall; a long prefill among short decodes and an idle
+    gap between steps are not."""
+    run = {"steps": [[0.0, 0.5, 256], [0.6, 0.65, 1], [0.7, 0.75, 1], [0.8, 1.8, 1],
+                     [1.9, 1.95, 1], [3.0, 3.05, 1], [3.1, 3.6, 250], [3.7, 4.2, 256]]}
+    c = metrics.step_cycles(metrics.pooled([dict(run, requests=[], span_s=4.2)] * 2))
+    # cycles 600, 100, 100, 1100, 1100, 100, 600 ms in each run
+    assert c["cycle_p50_ms"] == pytest.approx(600.0)
     assert c["stalls"] == 2 and c["stalled_s"] == pytest.approx(2.0)
     assert metrics.step_cycles({"steps": [[0.0, 0.1, 4]]}) == {}
 
