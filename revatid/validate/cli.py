@@ -231,6 +231,9 @@ def cmd_self(args: argparse.Namespace) -> int:
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
 
 
+RUN_KEYS = ("device", "size", "dtype", "model", "layers", "seed", "serving")  # a repeat's
+
+
 def real_runs(src: Path) -> list[Path]:
     """The real runs of a GPU results folder: real.json, then real-2.json, real-3.json, ...
     (gpu_run --repeats N), in order; their requests are pooled."""
@@ -241,7 +244,13 @@ def real_runs(src: Path) -> list[Path]:
 def cmd_from(args: argparse.Namespace) -> int:
     src = Path(args.from_dir)
     runs = real_runs(src)
-    real = metrics.pooled([json.loads(p.read_text()) for p in runs])
+    results = [json.loads(p.read_text()) for p in runs]
+    for p, r in zip(runs[1:], results[1:], strict=True):
+        differs = [k for k in RUN_KEYS if r.get(k) != results[0].get(k)]
+        if differs:
+            raise SystemExit(f"validate: {p} is not a repeat of {runs[0]} (its "
+                             f"{', '.join(differs)} differ): one workload per folder")
+    real = metrics.pooled(results)
     prov = json.loads((src / "provenance.json").read_text())
     sku = prov["sku"]
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:

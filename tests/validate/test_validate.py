@@ -75,6 +75,17 @@ def test_validate_from_pools_every_real_run(tmp_path: Path) -> None:
                                                           "real-10.json"]
 
 
+def test_validate_from_refuses_a_repeat_of_another_workload(tmp_path: Path) -> None:
+    real = json.loads((GPU_RESULTS / "real.json").read_text())
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    (tmp_path / "real-2.json").write_text(json.dumps({**real, "size": "small"}))
+    (tmp_path / "provenance.json").write_text((GPU_RESULTS / "provenance.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "revati.revatid.ctl", "validate", "--from",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "real-2.json is not a repeat" in proc.stderr and "size" in proc.stderr
+
+
 def test_png_is_a_valid_rgb_image(tmp_path: Path) -> None:
     real = {"ttft": [0.1, 0.2], "tpot": [0.01, 0.02], "itl": [0.01], "e2e": [0.5, 0.6]}
     emu = {"ttft": [0.12, 0.2], "tpot": [0.01, 0.03], "itl": [0.02], "e2e": [0.4, 0.6]}
