@@ -2,7 +2,8 @@
 
   hook cost per virtual op: the wall time of one op on virtual tensors whose signature is
       cached (a linear layer, an add, a view, a sampled-token read), under inference mode as
-      serving code runs, with a link that only buffers launches as the session link does;
+      serving code runs, with a link that only buffers launches as the session link does; and
+      a free list sliced over and over (a view of a view of ...);
   decode steps per wall second of a Llama-3.1-8B-shaped 32-layer model, batch 8, eager and
       with the step captured once as a CUDA graph and replayed.
 
@@ -121,9 +122,26 @@ def hook_costs(reps: int) -> None:
             ("for scale: eager CPU meta linear",
              median_us(lambda: F.linear(cpu_x.to("meta"), cpu_w.to("meta")), reps)),
         ]
+    rows.append(("free = free[2:], after 2,000 of them", free_list_us(2000)))
     print("hook cost per virtual op (median, cached signature)")
     for name, us in rows:
         print(f"  {name:42s} {us:8.2f} us")
+
+
+def free_list_us(slices: int) -> float:
+    """Median wall time of `free = free[2:]` over the last 200 of `slices` slices of a
+    470k-entry free list outside inference mode (SGLang's KV allocator): each slice's shape is
+    new (no cached signature), and PyTorch chains a view function per view of a subclass
+    unless the slice is taken off the base (adapters/cuda/tensor.py, REROOT_DEPTH)."""
+    free = torch.arange(1, 470_001, dtype=torch.int64, device="cuda")
+    for _ in range(slices - 200):
+        free = free[2:]
+    samples = []
+    for _ in range(200):
+        t0 = time.perf_counter_ns()
+        free = free[2:]
+        samples.append(time.perf_counter_ns() - t0)
+    return statistics.median(samples) / 1e3
 
 
 def decode_rate(steps: int, batch: int, context: int) -> None:

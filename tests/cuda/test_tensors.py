@@ -268,6 +268,30 @@ def test_list_views_share_their_base(vcuda: Any, link: RecordingLink) -> None:
     assert values[2] == [5, 5, 5, 5, 7, 7] and values[0] == [0, 0, 0, 0, 7, 7]
 
 
+def test_a_free_list_sliced_over_and_over_stays_one_view_deep(vcuda: Any,
+                                                                link: RecordingLink) -> None:
+    """`free = free[n:]` again and again (SGLang's KV allocator): PyTorch chains a view
+    function per view of a Python-dispatch tensor, each holding the view it was taken from,
+    so a chain keeps every slice alive and costs its length per slice. Deep indexings are
+    taken off the base: earlier slices die, values and writes stay the storage's own."""
+    import gc
+    import weakref
+
+    first = torch.arange(1, 3001, dtype=torch.int64, device="cuda")
+    free, early = first, None
+    for i in range(1000):
+        taken = free[:2]
+        free = free[2:]
+        if i == 20:
+            early = weakref.ref(free)
+    gc.collect()
+    assert early is not None and early() is None  # no chain holds the 21st slice
+    assert free._base is first and free.shape == (1000,)
+    assert taken.tolist() == [1999, 2000] and free[:3].tolist() == [2001, 2002, 2003]
+    free[1] = -1  # a write through the deep view lands in the storage
+    assert first[2001].item() == -1 and free[1].item() == -1
+
+
 @pytest.mark.parametrize(("sku", "cudnn", "kernel"), [
     ("h100", True, "aten::_scaled_dot_product_cudnn_attention"),
     ("h100", False, "aten::_scaled_dot_product_efficient_attention"),
