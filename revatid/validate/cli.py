@@ -278,8 +278,7 @@ def cmd_from(args: argparse.Namespace) -> int:
         print("kernel by kernel (the real run's own kernel times against the predictions):")
         print(kernels.table(by_kernel))
     extra = {"mode": "from", "sku": sku, "source": str(src), "real_runs": len(runs),
-             "gpu_provenance": prov,
-             "host_costs_s": costs, "kernels": by_kernel}
+             "gpu_provenance": prov, "host_costs_s": costs, "kernels": by_kernel}
     out, failures = report(real, emulated, prov.get("workload_wall_s"), emu_wall, session,
                            GPU_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"{sku} {real['size']}")

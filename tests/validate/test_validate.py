@@ -22,6 +22,7 @@ from revati.revatid.trace import Trace
 from revati.revatid.validate import cli, metrics, plot, workload
 
 ROOT = Path(__file__).parents[2]
+GPU_RESULTS = ROOT / "results" / "h200-full"
 
 
 def _result(arrivals: list[float], tokens: list[list[float]]) -> dict:
@@ -188,9 +189,6 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     # by several times), not the 10% target.
     for key in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
         assert abs(m[key]["error_pct"]) < REGRESSION_BOUND_PCT, (key, m[key])
-
-
-GPU_RESULTS = ROOT / "results" / "h200-full"
 
 
 def test_model_profile_times_the_models_own_linear_layers() -> None:
