@@ -339,3 +339,67 @@ def test_host_costs_stamp_launches_later_and_are_spent_before_a_sync(
         assert link.clock == expected_ns
     finally:
         vcuda.install(SKU, NUM_GPUS, host_costs={})
+
+
+@pytest.mark.parametrize("index", [
+    slice(None, 3), slice(2, None), slice(-3, None), slice(1, 6, 2), slice(5, 2),
+    slice(20, None), slice(None, -20), (slice(None), slice(1, 3)), (1, slice(None, 2)),
+    (-1,), 2, (slice(0, 4, 3), -2),
+])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bfloat16])
+def test_basic_indexing_without_autograd_gives_torchs_own_views(
+        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch, index: Any,
+        dtype: Any) -> None:
+    """Slices and integers under no_grad / inference mode (the serving loops' hot path) are
+    computed without the dispatcher: same geometry as PyTorch's, the same storage, no
+    launch; host-backed (int32) views read and write the storage's own values."""
+    from revati.adapters.cuda import tensor
+
+    dispatched: list[Any] = []
+    real_dispatch = tensor.dispatch
+    monkeypatch.setattr(tensor, "dispatch",
+                        lambda func, *a: dispatched.append(func) or real_dispatch(func, *a))
+    cpu = torch.arange(6 * 5, dtype=torch.float32).reshape(6, 5).to(dtype)
+    big = torch.zeros(6, 1 << 18, dtype=dtype, device="cuda")[:, :5]  # meta-backed
+    for grad_off in (torch.no_grad, torch.inference_mode):
+        small = cpu.cuda()
+        dispatched.clear()
+        with grad_off():
+            want = cpu[index]
+            got, view_of_big = small[index], big[index]
+        assert dispatched == []
+        assert (got.shape, got.stride(), got.storage_offset()) == (
+            want.shape, want.stride(), want.storage_offset())
+        expect_big = torch.empty_strided(big.shape, big.stride(), device="meta")[index]
+        assert (view_of_big.shape, view_of_big.stride()) == (expect_big.shape,
+                                                             expect_big.stride())
+        assert view_of_big.data_ptr() == big.data_ptr() + (
+            expect_big.storage_offset() - big.storage_offset()) * big.element_size()
+        if dtype is torch.int32:
+            assert got.cpu().tolist() == want.tolist()
+            if got.numel():
+                got.fill_(-7)
+                assert (small.cpu() == -7).sum().item() == got.numel()
+
+
+def test_indexing_that_is_not_basic_takes_torchs_path(vcuda: Any, link: RecordingLink) -> None:
+    t = torch.arange(10, dtype=torch.int64, device="cuda")
+    with torch.no_grad():
+        assert t[torch.tensor([1, 3])].tolist() == [1, 3]
+        assert t[None, 2:4].shape == (1, 2)
+        assert t[..., 1].item() == 1
+        with pytest.raises(IndexError):
+            t[10]
+        with pytest.raises(ValueError):
+            t[::-1]
+        with pytest.raises(IndexError):
+            t[1, 2]
+
+
+def test_a_parameters_slice_under_no_grad_needs_no_grad(vcuda: Any, link: RecordingLink) -> None:
+    weight = nn.Parameter(torch.zeros(4, 3, device="cuda"))
+    with torch.no_grad():
+        part = weight[1:3]
+    assert not part.requires_grad and part.shape == (2, 3)
+    assert weight[1:3].requires_grad  # with grad on, PyTorch's own path: a view autograd knows
+    assert weight[1:3]._base is weight
