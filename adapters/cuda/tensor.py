@@ -26,6 +26,7 @@ path of ops that do not create tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ _new_event = tuple.__new__  # LaunchEvent's own __new__, without its Python fram
 _EMPTY: dict[str, Any] = {}
 _DATA = torch.Tensor.data
 _GETITEM, _SETITEM = torch.Tensor.__getitem__, torch.Tensor.__setitem__
+_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 # PyTorch records a view function for each view of a Python-dispatch tensor and chains them view
 # after view: `free = free[n:]` repeated k times (SGLang's KV allocators) costs O(k) a slice
 # (1.1-1.5 ms after 2,000 slices of a 470k-entry free list, against 17-29 us taken off the
@@ -104,6 +106,19 @@ class VirtualTensor(torch.Tensor):
         return out
 
     def __setitem__(self, index: Any, value: Any) -> None:
+        if type(index) in _BASIC_INDEX and not _grad_enabled():
+            # PyTorch's own: the view, then a copy into it (a fill for a number)
+            tv = type(value)
+            if tv is int or tv is float or tv is bool:
+                view = _basic_index(self, index)
+                if view is not None:
+                    view.fill_(value)
+                    return
+            elif tv is VirtualTensor and value.dim() <= len(self._s[0]):
+                view = _basic_index(self, index)
+                if view is not None and value.dim() <= view.dim():
+                    view.copy_(value)
+                    return
         _SETITEM(self if self._n < REROOT_DEPTH else _rerooted(self), index, value)
 
     def tolist(self) -> Any:
@@ -320,10 +335,12 @@ class _Info:
         self.view = bool(self.outs) and all(k == VIEW for k, _, _ in self.outs)
         self.write = self.outs[0] if self.outs and self.outs[0][0] == WRITE else None
         self.nokernel = self.view or self.name in _NO_KERNEL
-        self.decompose = (
-            self.name not in ops.KEEP_WHOLE and self.handler is None
-            and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(),
-                                                               "CompositeImplicitAutograd"))
+        # The op's composite kernel, bound once (OpOverload.decompose looks it up per call)
+        self.decompose: Callable[..., Any] | None = None
+        if (self.name not in ops.KEEP_WHOLE and self.handler is None
+                and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)):
+            self.decompose = (func.py_kernels.get(_COMPOSITE)
+                              or functools.partial(func._op_dk, _COMPOSITE))
         self.plain = not (self.handler or self.decompose or self.inplace_view)
 
     def arg(self, pos: int, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -362,10 +379,8 @@ def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
             return _run(func, info, args, kwargs, link)
     if info.handler is not None:
         return info.handler(func, info, args, kwargs)
-    if info.decompose:
-        out = func.decompose(*args, **kwargs)
-        if out is not NotImplemented:
-            return out
+    if info.decompose is not None:
+        return info.decompose(*args, **kwargs)
     if info.inplace_view:
         return _inplace_view(func, args, kwargs)
     link = S.link_override if S.link_override is not None else S.link()

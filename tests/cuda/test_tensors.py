@@ -403,3 +403,31 @@ def test_a_parameters_slice_under_no_grad_needs_no_grad(vcuda: Any, link: Record
     assert not part.requires_grad and part.shape == (2, 3)
     assert weight[1:3].requires_grad  # with grad on, PyTorch's own path: a view autograd knows
     assert weight[1:3]._base is weight
+
+
+@pytest.mark.parametrize("index", [slice(1, 4), (slice(None), 2), -1,
+                                   (slice(0, 6, 2), slice(1, 3))])
+def test_basic_assignment_without_autograd_is_one_fill_or_copy(
+        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch, index: Any) -> None:
+    """`t[index] = number` / `= tensor` under no_grad: PyTorch's own semantics (the view,
+    then fill_ / copy_ with broadcasting), dispatched as that one op."""
+    from revati.adapters.cuda import tensor
+
+    dispatched: list[str] = []
+    real_dispatch = tensor.dispatch
+    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: dispatched.append(
+        func._schema.name) or real_dispatch(func, *a))
+    want = torch.arange(30, dtype=torch.int32).reshape(6, 5)
+    got = want.cuda()
+    row = torch.tensor([7], dtype=torch.int32)
+    row_v = row.cuda()
+    with torch.no_grad():
+        dispatched.clear()
+        want[index] = -3
+        got[index] = -3
+        assert dispatched == ["aten::fill_"]
+        dispatched.clear()
+        want[index] = row
+        got[index] = row_v
+        assert dispatched == ["aten::copy_"]
+    assert got.cpu().tolist() == want.tolist()
