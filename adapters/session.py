@@ -29,6 +29,7 @@ from revati.predictors.launch import LaunchEvent
 from revati.revatid.client import Client
 from revati.revatid.protocol import (
     ITEM_COLLECTIVE,
+    ITEM_HOST_WAIT,
     ITEM_LAUNCH,
     ITEM_RECORD,
     ITEM_RUN,
@@ -56,6 +57,10 @@ class Participant:
         self.role = role
         self.name = name
         self.lock = threading.Lock()  # one connection, shared by every thread
+        # Event times from gpu.launch replies (see SessionLink.record_event): an event's time,
+        # once the reply to its latest record is read; records sent whose reply is unread.
+        self.event_ns: dict[int, int] = {}
+        self.events_unread: dict[int, int] = {}
         self.client, reply = self._join()
         self.session = reply["session"]
         running = sum(1 for t in threading.enumerate() if not getattr(t, "_revati_internal", 0))
@@ -63,9 +68,24 @@ class Participant:
 
     def _join(self) -> tuple[Client, dict[str, Any]]:
         client = Client(self.socket_path)
+        client.on_reply = self._on_reply
+        self.event_ns.clear()
+        self.events_unread.clear()
         reply = client.request("session.join", session=self.session_id, pid=os.getpid(),
                                role=self.role, name=self.name)
         return client, reply
+
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        events = reply.get("events")
+        if not events:
+            return
+        unread = self.events_unread
+        for event_id, t_ns in events:
+            left = unread.pop(event_id, 0) - 1
+            if left > 0:  # recorded again since: that reply tells
+                unread[event_id] = left
+            elif t_ns is not None:
+                self.event_ns[event_id] = t_ns
 
     def rejoin_after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -102,7 +122,14 @@ class SessionLink:
             self.flush()
 
     def record_event(self, device: int, stream: int, event_id: int) -> None:
+        # Sent now: revatid times the event while the host goes on, and its reply (read by a
+        # later request) tells the time, so a sync on it needs no round trip of its own.
+        m = self.member
+        with self.clock.freeze(), m.lock:  # replies are read (and counted) under the lock
+            m.event_ns.pop(event_id, None)
+            m.events_unread[event_id] = m.events_unread.get(event_id, 0) + 1
         self.buf.append((ITEM_RECORD, device, stream, event_id))
+        self.flush()
 
     def stream_wait_event(self, device: int, stream: int, event_id: int) -> None:
         self.buf.append((ITEM_WAIT, device, stream, event_id))
@@ -156,12 +183,38 @@ class SessionLink:
     def synchronize(self, device: int, stream: int | None) -> int:
         return self._wait("gpu.sync", device=device, stream=stream)
 
+    def _known_event_ns(self, event_id: int) -> int | None:
+        """The event's time from the reply to its latest record, reading the replies not yet
+        read (they have come in while the host worked, as a rule); None if revatid has yet
+        to tell it (a pending collective, an event recorded by another process's link)."""
+        m = self.member
+        t = m.event_ns.get(event_id)
+        if t is None and m.events_unread.get(event_id):
+            with m.lock:
+                m.client.drain()
+            t = m.event_ns.get(event_id)
+        return t
+
     def synchronize_event(self, event_id: int) -> int:
-        return self._wait("gpu.sync_event", event=event_id)
+        with self.clock.freeze():
+            ready = self._known_event_ns(event_id)
+            if ready is not None:
+                now = self.clock.now_ns()
+                if ready > now:
+                    self.buf.append((ITEM_HOST_WAIT, "event", now, ready))
+                self.flush()
+        if ready is None:
+            return self._wait("gpu.sync_event", event=event_id)
+        if ready > self.clock.now_ns():
+            self.clock.sleep_until(ready)
+        return self.clock.now_ns()
 
     def event_time_ns(self, event_id: int) -> int | None:
         with self.clock.freeze():
-            return self._query("gpu.event_time", event=event_id)["t_ns"]
+            t = self._known_event_ns(event_id)
+            if t is None:
+                t = self._query("gpu.event_time", event=event_id)["t_ns"]
+            return t
 
     def spend_host(self, ns: int) -> None:
         self.clock.sleep_until(self.clock.now_ns() + ns)  # the clock may jump over it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ class Client:
         self._ids = itertools.count(1)
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self._outstanding = 0
+        # called with every reply read, a pipelined request's too (errors included)
+        self.on_reply: Callable[[dict[str, Any]], None] | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -67,7 +70,10 @@ class Client:
     def _read_reply(self) -> dict[str, Any]:
         header = self._recv_exact(4)
         (size,) = HEADER.unpack(header)
-        return msgpack.unpackb(self._recv_exact(size), raw=False, strict_map_key=False)
+        reply = msgpack.unpackb(self._recv_exact(size), raw=False, strict_map_key=False)
+        if self.on_reply is not None:
+            self.on_reply(reply)
+        return reply
 
     def _recv_exact(self, n: int) -> bytes:
         chunks, got = [], 0
@@ -78,6 +84,18 @@ class Client:
             chunks.append(chunk)
             got += len(chunk)
         return b"".join(chunks)
+
+    def drain(self) -> None:
+        """Read the replies of every pipelined request. Raises DaemonError for the first
+        error reply among them."""
+        error = None
+        while self._outstanding:
+            reply = self._read_reply()
+            self._outstanding -= 1
+            if error is None and reply.get("type") == "error":
+                error = DaemonError(reply.get("code", "?"), reply.get("message", ""))
+        if error is not None:
+            raise error
 
     def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Send a request and return its reply's fields. Raises DaemonError for an error

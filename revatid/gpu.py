@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from revati.predictors.launch import Family, LaunchEvent
 from revati.revatid.protocol import (
     ITEM_COLLECTIVE,
+    ITEM_HOST_WAIT,
     ITEM_LAUNCH,
     ITEM_RECORD,
     ITEM_RUN,
@@ -88,12 +89,15 @@ class GpuTimeline:
     # -- input
     def submit(self, pid: int, batch: list[Any]) -> None:
         items = [_parse(item) for item in batch]
-        launches = [item[-1] for item in items if item[0] != ITEM_RECORD
-                    and item[0] != ITEM_WAIT]
+        launches = [item[-1] for item in items if item[0] == ITEM_LAUNCH
+                    or item[0] == ITEM_COLLECTIVE]
         durations = iter(self._durations(pid, launches))
         resolved = False
         for parsed in items:
             kind = parsed[0]
+            if kind == ITEM_HOST_WAIT:
+                self.trace.wait(pid, *parsed[1:])
+                continue
             if kind == ITEM_LAUNCH:
                 self.launches += parsed[3]
                 parsed = (*parsed, next(durations))
@@ -285,7 +289,8 @@ def _event(family: Any, op: Any, dtype: Any, device: Any, stream: Any, t_ns: Any
 def _parse(item: Any) -> tuple:
     """Check one batch item; returns it normalised, the launch event (if any) last:
     (ITEM_LAUNCH, device, stream, count, ev), (ITEM_RECORD | ITEM_WAIT, device, stream,
-    event_id), (ITEM_COLLECTIVE, device, stream, group, rank, ev)."""
+    event_id), (ITEM_COLLECTIVE, device, stream, group, rank, ev), (ITEM_HOST_WAIT, what,
+    start, end)."""
     try:
         kind = item[0]
         if kind == ITEM_LAUNCH:
@@ -300,6 +305,9 @@ def _parse(item: Any) -> tuple:
         if kind in (ITEM_RECORD, ITEM_WAIT):
             _, device, stream, event_id = item
             return (kind, int(device), int(stream), int(event_id))
+        if kind == ITEM_HOST_WAIT:
+            _, what, start, end = item
+            return (kind, str(what)[:64], int(start), int(end))
         if kind == ITEM_COLLECTIVE:
             _, group, rank, family, op, dtype, device, stream, t_ns, feats = item
             ev = _event(family, op, dtype, device, stream, t_ns, feats)

@@ -22,7 +22,10 @@ Requests (fields beyond v/type/id; `?` = optional) -> reply fields:
   session.expect   pid                              -> (nothing)
       A participant started a child that will join: until it does (or exits, or looks
       like no Python interpreter), the clock does not jump.
-  gpu.launch       batch (list of items, see below) -> (nothing); pipelined, replied in order
+  gpu.launch       batch (list of items, see below) -> events?; pipelined, replied in order
+      events (v2): [event_id, t_ns | None] for each event the batch records, its time as
+      that batch leaves it (None while a collective keeps it pending): a host that syncs on
+      the event later already knows when to wake, with no round trip.
   gpu.sync         device, stream (int | None), batch?   -> ready_ns
   gpu.event_time   event, batch?                    -> t_ns (int | None while pending)
   gpu.sync_event   event, batch?                    -> ready_ns (replied once the event resolves)
@@ -40,6 +43,8 @@ gpu.launch batch items (tuples, packed as arrays):
       one kernel back to back, queued as `count` items 0 with these fields would be (one
       prediction; the stream is ready count x duration after the run starts); 1 <= count <=
       MAX_RUN. A CUDA graph replay sends the identical launches of its dynamic nodes so.
+  [5, what, start_ns, end_ns]                           (v2) the host waited from start to end
+      for the GPU (`what`: "event"), on a time it knew from an `events` reply: for the trace.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ SUPPORTED_VERSIONS = (1, 2)  # a request of any of these is served
 MAX_FRAME = 64 * 1024 * 1024  # 64 MiB: a large launch batch or a session trace fits
 HEADER = struct.Struct(">I")
 
-ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT, ITEM_COLLECTIVE, ITEM_RUN = 0, 1, 2, 3, 4
+ITEM_LAUNCH, ITEM_RECORD, ITEM_WAIT, ITEM_COLLECTIVE, ITEM_RUN, ITEM_HOST_WAIT = 0, 1, 2, 3, 4, 5
 MAX_RUN = 1 << 20  # launches in one run item (the trace keeps one entry per kernel)
 
 

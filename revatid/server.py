@@ -23,6 +23,7 @@ from revati.revatid import attach
 from revati.revatid.gpu import BadBatch
 from revati.revatid.protocol import (
     HEADER,
+    ITEM_RECORD,
     MAX_FRAME,
     PROTOCOL_VERSION,
     ROLES,
@@ -136,8 +137,12 @@ class Daemon:
     # -- handlers for participants
     def gpu_launch(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()
-        _submit(s, p, msg["batch"])
-        return {}
+        batch = msg["batch"]
+        _submit(s, p, batch)
+        # The times of the events it records: a host sync on one needs no round trip then.
+        events = [[int(item[3]), s.timeline.event_time(p.pid, int(item[3]))]
+                  for item in batch if item[0] == ITEM_RECORD]
+        return {"events": events} if events else {}
 
     def gpu_graph(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()

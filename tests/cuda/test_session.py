@@ -131,3 +131,23 @@ def test_a_graph_replay_goes_to_revatid_at_once() -> None:
     link.synchronize(0, 0)
     assert sent[-1] == ("gpu.sync", {"device": 0, "stream": 0,
                                      "batch": [(ITEM_LAUNCH, *after)]})
+
+
+def test_a_sync_on_a_recorded_event_needs_no_round_trip(daemon: Daemon, tmp_path: Path,
+                                                        ) -> None:
+    """An event record goes to revatid at once and its reply tells the event's time: the
+    host's later sync on it sends no request of its own, wakes when the kernel is done, and
+    the wait is in the trace."""
+    trace = tmp_path / "trace.json"
+    result, _ = revatictl_run(
+        daemon, [sys.executable, str(Path(__file__).with_name("event_sync_in_session.py"))],
+        "--fixed-ns", str(COLLECTIVE_NS), "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "gpu.sync_event" not in r["sent"] and "gpu.event_time" not in r["sent"]
+    assert r["sent"][-1] == "gpu.launch"  # the record, then the wait's trace note
+    assert r["recorded_at"] < r["event_ns"] <= r["synced"] < r["event_ns"] + 2_000_000
+    assert r["query"] is True
+    waits = [e for e in json.loads(trace.read_text())["traceEvents"]
+             if e.get("name") == "event" and e.get("ph") == "X"]
+    assert len(waits) == 1

@@ -14,6 +14,7 @@ from revati.predictors.launch import Collective, Family
 from revati.revatid.gpu import BadBatch, GpuTimeline
 from revati.revatid.protocol import (
     ITEM_COLLECTIVE,
+    ITEM_HOST_WAIT,
     ITEM_LAUNCH,
     ITEM_RECORD,
     ITEM_RUN,
@@ -122,6 +123,18 @@ def test_malformed_batch_changes_nothing() -> None:
         tl.submit(1, [launch("a", 0), [ITEM_LAUNCH, 99, "x"]])
     assert tl.stream_ready(1, 0, 0) == 0
     assert tl.launches == 0
+
+
+def test_a_host_wait_item_is_a_trace_note_only() -> None:
+    """A wait the host timed itself (an event whose time a gpu.launch reply told) reaches the
+    trace; it queues nothing. A malformed one is refused with the whole batch."""
+    tl = timeline(a=100)
+    tl.submit(1, [launch("a", 0), [ITEM_HOST_WAIT, "event", 40, 100]])
+    assert tl.trace.waits == [(1, "event", 40, 100)]
+    assert tl.stream_ready(1, 0, 0) == 100 and tl.launches == 1
+    with pytest.raises(BadBatch):
+        tl.submit(1, [launch("a", 0), [ITEM_HOST_WAIT, "event", "soon"]])
+    assert tl.stream_ready(1, 0, 0) == 100 and len(tl.trace.waits) == 1
 
 
 def test_graph_replays_as_one_launch() -> None:
