@@ -1,8 +1,9 @@
 """Costs of virtual CUDA on the host (prints medians).
 
   hook cost per virtual op: the wall time of one op on virtual tensors whose signature is
-      cached (a linear layer, an add, a view, a sampled-token read), under inference mode as
-      serving code runs, with a link that only buffers launches as the session link does; and
+      cached (a linear layer, an add, a view, an assignment, a sampled-token read), under
+      inference mode as serving code runs, with a link that only buffers launches as the
+      session link does; and
       a free list sliced over and over (a view of a view of ...);
   decode steps per wall second of a Llama-3.1-8B-shaped 32-layer model, batch 8, eager and
       with the step captured once as a CUDA graph and replayed.
@@ -116,6 +117,8 @@ def hook_costs(reps: int) -> None:
             ("linear [8,4096] x [4096,4096] bf16", median_us(lambda: F.linear(x, w), reps)),
             ("add [8,4096] bf16", median_us(lambda: x + y, reps)),
             ("slice x[:, :128] (a view)", median_us(lambda: x[:, :128], reps)),
+            ("assign ids[:4] = ids[4:] (host-backed)",
+             median_us(lambda: ids.__setitem__(slice(None, 4), ids[4:]), reps)),
             ("embedding lookup of 8 ids", median_us(lambda: F.embedding(ids, w), reps)),
             ("argmax + tolist (sync + oracle)",
              median_us(lambda: logits.argmax(-1).tolist(), reps)),
