@@ -152,6 +152,12 @@ def _basic_index(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> Virt
     trip through the dispatcher (~6 us of ~10 a slice). None for anything else (a step other
     than positive, an index out of range, Ellipsis, None, a tensor), which takes PyTorch's own
     path and its errors."""
+    link = S.link_override if S.link_override is not None else S.link()
+    with link.freeze():
+        return _basic_view(t, index)
+
+
+def _basic_view(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> VirtualTensor | None:
     size, stride, dtype = t._s
     parts = index if type(index) is tuple else (index,)
     if len(parts) > len(size):
@@ -177,9 +183,7 @@ def _basic_index(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> Virt
     if len(parts) < len(size):
         new_size.extend(size[len(parts):])
         new_stride.extend(stride[len(parts):])
-    link = S.link_override if S.link_override is not None else S.link()
-    with link.freeze():
-        return _view(new_size, new_stride, offset, dtype, t, None)
+    return _view(new_size, new_stride, offset, dtype, t, None)
 
 
 def _rerooted(t: VirtualTensor) -> VirtualTensor:
