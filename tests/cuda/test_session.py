@@ -39,20 +39,26 @@ def test_two_rank_all_reduce_completes_at_the_last_arrival_plus_its_duration(
     assert summary["counters"]["collectives"] == 1
 
 
+def _run_fixed(daemon: Daemon, script: str, trace: Path,
+               ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Run a script beside this file under `--fixed-ns`: its last line's JSON, the session
+    summary and the trace's events."""
+    result, summary = revatictl_run(
+        daemon, [sys.executable, str(Path(__file__).with_name(script))],
+        "--fixed-ns", str(COLLECTIVE_NS), "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    events = json.loads(trace.read_text())["traceEvents"]
+    return json.loads(result.stdout.strip().splitlines()[-1]), summary, events
+
+
 def test_replay_runs_end_where_separate_launches_do(daemon: Daemon, tmp_path: Path) -> None:
     """Through revatid: a replay whose 64 dynamic launches go as two runs takes the stream
     exactly as long as the same kernels launched one by one, and the trace shows each."""
-    trace = tmp_path / "trace.json"
-    result, summary = revatictl_run(
-        daemon, [sys.executable, str(Path(__file__).with_name("replay_in_session.py"))],
-        "--fixed-ns", str(COLLECTIVE_NS), "--trace", str(trace))
-    assert result.returncode == 0, result.stderr
-    r = json.loads(result.stdout.strip().splitlines()[-1])
+    r, summary, events = _run_fixed(daemon, "replay_in_session.py", tmp_path / "trace.json")
     assert r["replay"]["gpu_ns"] == r["separate"]["gpu_ns"] == (32 + 64) * COLLECTIVE_NS
     for case in r.values():
         assert 0 <= case["sync_late_ns"] < 5_000_000  # the host woke when the stream was done
-    kernels = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"
-               and e.get("name") in ("kv", "att")]
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("name") in ("kv", "att")]
     assert len(kernels) == 2 * 64
     # each run counts as its kernels: 2 x 32 captured, 2 x (100 queued + graph + 64)
     assert summary["counters"]["launches"] == 2 * 32 + 2 * (100 + 1 + 64)
@@ -138,16 +144,10 @@ def test_a_sync_on_a_recorded_event_needs_no_round_trip(daemon: Daemon, tmp_path
     """An event record goes to revatid at once and its reply tells the event's time: the
     host's later sync on it sends no request of its own, wakes when the kernel is done, and
     the wait is in the trace."""
-    trace = tmp_path / "trace.json"
-    result, _ = revatictl_run(
-        daemon, [sys.executable, str(Path(__file__).with_name("event_sync_in_session.py"))],
-        "--fixed-ns", str(COLLECTIVE_NS), "--trace", str(trace))
-    assert result.returncode == 0, result.stderr
-    r = json.loads(result.stdout.strip().splitlines()[-1])
+    r, _, events = _run_fixed(daemon, "event_sync_in_session.py", tmp_path / "trace.json")
     assert "gpu.sync_event" not in r["sent"] and "gpu.event_time" not in r["sent"]
     assert r["sent"][-1] == "gpu.launch"  # the record, then the wait's trace note
     assert r["recorded_at"] < r["event_ns"] <= r["synced"] < r["event_ns"] + 2_000_000
     assert r["query"] is True
-    waits = [e for e in json.loads(trace.read_text())["traceEvents"]
-             if e.get("name") == "event" and e.get("ph") == "X"]
+    waits = [e for e in events if e.get("name") == "event" and e.get("ph") == "X"]
     assert len(waits) == 1
