@@ -175,7 +175,10 @@ class SessionLink:
             # A collective whose other ranks have not arrived: wait for them, unfrozen.
             with self.clock.waiting():
                 reply = self._request(kind, wait=True, **fields)
-        ready = reply["ready_ns"]
+        return self._sleep_until(reply["ready_ns"])
+
+    def _sleep_until(self, ready: int) -> int:
+        """The host waits (unfrozen: the clock may jump) until `ready`; returns the time."""
         if ready > self.clock.now_ns():
             self.clock.sleep_until(ready)
         return self.clock.now_ns()
@@ -205,9 +208,7 @@ class SessionLink:
                 self.flush()
         if ready is None:
             return self._wait("gpu.sync_event", event=event_id)
-        if ready > self.clock.now_ns():
-            self.clock.sleep_until(ready)
-        return self.clock.now_ns()
+        return self._sleep_until(ready)
 
     def event_time_ns(self, event_id: int) -> int | None:
         with self.clock.freeze():

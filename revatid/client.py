@@ -85,9 +85,10 @@ class Client:
             got += len(chunk)
         return b"".join(chunks)
 
-    def drain(self) -> None:
-        """Read the replies of every pipelined request. Raises DaemonError for the first
-        error reply among them."""
+    def _read_outstanding(self) -> dict[str, Any]:
+        """Read the reply of every request sent and not yet answered; returns the last one
+        ({} if none was due). Raises DaemonError for the first error reply among them."""
+        reply: dict[str, Any] = {}
         error = None
         while self._outstanding:
             reply = self._read_reply()
@@ -96,20 +97,15 @@ class Client:
                 error = DaemonError(reply.get("code", "?"), reply.get("message", ""))
         if error is not None:
             raise error
+        return reply
+
+    def drain(self) -> None:
+        """Read the replies of every pipelined request. Raises DaemonError for the first
+        error reply among them."""
+        self._read_outstanding()
 
     def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Send a request and return its reply's fields. Raises DaemonError for an error
         reply, to it or to a request pipelined before it."""
         self.send(kind, **fields)
-        earlier_error = None
-        while True:
-            reply = self._read_reply()
-            self._outstanding -= 1
-            error = None
-            if reply.get("type") == "error":
-                error = DaemonError(reply.get("code", "?"), reply.get("message", ""))
-            if self._outstanding == 0:
-                if earlier_error is not None or error is not None:
-                    raise earlier_error or error  # type: ignore[misc]
-                return reply
-            earlier_error = earlier_error or error
+        return self._read_outstanding()  # the last reply is this request's own

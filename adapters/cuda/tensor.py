@@ -114,7 +114,7 @@ class VirtualTensor(torch.Tensor):
                 if view is not None:
                     view.fill_(value)
                     return
-            elif tv is VirtualTensor and value.dim() <= len(self._s[0]):
+            elif tv is VirtualTensor:
                 view = _basic_index(self, index)
                 if view is not None and value.dim() <= view.dim():
                     view.copy_(value)
