@@ -113,8 +113,11 @@ def test_kv_cache_blocks_follow_the_virtual_allocator(serve_200: Demo) -> None:
 def test_decode_step_at_batch_one_is_bound_by_weight_bytes(module_daemon: Daemon,
                                                            tmp_path: Path) -> None:
     """Physics: one decode step reads every weight once, 16 GB at 3.35 TB/s, about 4.8 ms. The
-    step's kernels (its graph) must take within 25% of that; TPOT adds the sampler and the host
-    work between steps (vLLM on a real H100 reports 6.2-6.7 ms for this model at batch 1)."""
+    step's kernels (its graph) must take within 25% of that; the time between streamed tokens
+    adds the sampler and the host work between steps (vLLM on a real H100 reports 6.2-6.7 ms
+    for this model at batch 1). Not TPOT: vLLM's bench takes it as (E2E - TTFT) / (n - 1), so
+    host work that holds back the first token (tens of ms on a loaded 2-core host) lowers it
+    below the step; the median gap between tokens does not move with that."""
     demo = run_demo(module_daemon, tmp_path, "--num-prompts", "3", "--request-rate", "0.2",
                     "--output-len", "64")
     steps = [e["dur"] / 1e3 for e in demo.trace
@@ -123,8 +126,9 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(module_daemon: Daemon
     step_ms = sorted(steps)[len(steps) // 2]
     bound_ms = 16.06e9 / H100_HBM_BYTES_PER_S * 1e3
     assert bound_ms <= step_ms < 1.25 * bound_ms
-    tpot = demo.result["median_tpot_ms"]
-    assert step_ms <= tpot < 1.5 * bound_ms
+    itl = demo.result["median_itl_ms"]
+    assert step_ms <= itl < 1.5 * bound_ms
+    assert bound_ms <= demo.result["median_tpot_ms"] < 1.5 * bound_ms
 
 
 def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_path: Path) -> None:
