@@ -87,7 +87,9 @@ class GpuTimeline:
         self._listeners.append(callback)
 
     # -- input
-    def submit(self, pid: int, batch: list[Any]) -> None:
+    def submit(self, pid: int, batch: list[Any]) -> list[int]:
+        """Put a participant's batch on its streams; returns the ids of the events it records,
+        in order."""
         items = [_parse(item) for item in batch]
         launches = [item[-1] for item in items if item[0] == ITEM_LAUNCH
                     or item[0] == ITEM_COLLECTIVE]
@@ -107,6 +109,7 @@ class GpuTimeline:
             resolved |= self._apply(pid, parsed)
         if resolved:
             self._notify()
+        return [parsed[3] for parsed in items if parsed[0] == ITEM_RECORD]
 
     def register_graph(self, pid: int, events: list[Any]) -> int:
         parsed = [_parse([ITEM_LAUNCH, *e])[-1] for e in events]

@@ -23,7 +23,6 @@ from revati.revatid import attach
 from revati.revatid.gpu import BadBatch
 from revati.revatid.protocol import (
     HEADER,
-    ITEM_RECORD,
     MAX_FRAME,
     PROTOCOL_VERSION,
     ROLES,
@@ -137,12 +136,11 @@ class Daemon:
     # -- handlers for participants
     def gpu_launch(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()
-        batch = msg["batch"]
-        _submit(s, p, batch)
+        recorded = _submit(s, p, msg["batch"])
         # The times of the events it records: a host sync on one needs no round trip then.
-        events = [[int(item[3]), s.timeline.event_time(p.pid, int(item[3]))]
-                  for item in batch if item[0] == ITEM_RECORD]
-        return {"events": events} if events else {}
+        if not recorded:
+            return {}
+        return {"events": [[e, s.timeline.event_time(p.pid, e)] for e in recorded]}
 
     def gpu_graph(self, conn: Connection, msg: dict) -> dict:
         s, p = conn.joined()
@@ -203,16 +201,17 @@ class Daemon:
         return fut
 
 
-def _submit(s: Session, p: Participant, batch: Any) -> None:
+def _submit(s: Session, p: Participant, batch: Any) -> list[int]:
     """Queue a participant's launch batch (a gpu.launch's, or one sent with a query, which
-    sees it); revatid's work on it is kept out of virtual time."""
+    sees it); revatid's work on it is kept out of virtual time. Returns the ids of the events
+    it records."""
     if batch is None:
-        return
+        return []
     if not isinstance(batch, list):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'batch' must be list")
     s.page.freeze_enter()
     try:
-        s.timeline.submit(p.pid, batch)
+        return s.timeline.submit(p.pid, batch)
     except BadBatch as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc)) from None
     finally:

@@ -61,8 +61,9 @@ def test_launches_queue_on_their_stream() -> None:
 
 def test_event_orders_two_streams() -> None:
     tl = timeline(a=100)
-    tl.submit(1, [launch("a", 0), [ITEM_RECORD, 0, 0, 9], [ITEM_WAIT, 0, 1, 9],
-                  launch("a", 0, stream=1)])
+    recorded = tl.submit(1, [launch("a", 0), [ITEM_RECORD, 0, 0, 9], [ITEM_WAIT, 0, 1, 9],
+                             launch("a", 0, stream=1), [ITEM_RECORD, 0, 1, 4]])
+    assert recorded == [9, 4]  # the ids gpu.launch's reply times, in the batch's order
     assert tl.event_time(1, 9) == 100
     assert tl.stream_ready(1, 0, 1) == 200
 
