@@ -82,14 +82,16 @@ def test_tensor_parallel_two_with_overlap_scheduling_and_decode_graphs(
     assert len(graph_tracks) == 2
 
 
-def test_decode_step_is_bound_by_weight_bytes_and_tpot_follows_the_trace(
+def test_decode_step_is_bound_by_weight_bytes_and_tokens_follow_the_trace(
         module_daemon: Daemon, tmp_path: Path) -> None:
     """Batch 1: the decode step's kernels (one graph replay in the session trace) read every
     weight once: 16 GB at 3.35 TB/s is 4.79 ms. SGLang's graph holds the LM head too (vLLM
     runs it outside), 0.37 ms of it; the Vidur-trained GEMM predictions reach 2.1-2.9 TB/s,
     as cuBLAS does at batch 1, and ~200 small kernels add ~0.6 ms: 6.2 ms measured, hence 35%
-    rather than vLLM's 25%. The benchmark's TPOT is that step plus SGLang's host work between
-    steps, no less and not much more."""
+    rather than vLLM's 25%. The time between streamed tokens is that step plus SGLang's host
+    work between steps, no less and not much more. TPOT is bounded by the weights only: the
+    benchmark takes it as (E2E - TTFT) / (n - 1), so host work that holds back the first token
+    (on a loaded host) lowers it below the step."""
     r, _, trace = run_demo(module_daemon, tmp_path, "--num-prompts", "3", "--request-rate",
                            "0.2", "--output-len", "64")
     steps = sorted(e["dur"] / 1e3 for e in trace
@@ -98,7 +100,8 @@ def test_decode_step_is_bound_by_weight_bytes_and_tpot_follows_the_trace(
     step_ms = steps[len(steps) // 2]
     bound_ms = LLAMA_8B_WEIGHT_BYTES / H100_HBM_BYTES_PER_S * 1e3
     assert bound_ms <= step_ms < 1.35 * bound_ms
-    assert step_ms <= r["median_tpot_ms"] < 1.5 * bound_ms
+    assert step_ms <= r["median_itl_ms"] < 1.5 * bound_ms
+    assert bound_ms <= r["median_tpot_ms"] < 1.5 * bound_ms
 
 
 def test_a_shared_prefix_workload_hits_the_radix_cache(module_daemon: Daemon,
