@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,8 @@ def _cpu_s(pid: int | str) -> tuple[str, int, float]:
     return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu_s(root: int) -> dict[str, float]:
-    """CPU seconds of `root` and its descendants, summed by process name."""
+def _tree_cpu_s(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (name, CPU seconds) of `root` ("server") and its descendants."""
     procs = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -145,16 +145,18 @@ def _tree_cpu_s(root: int) -> dict[str, float]:
                 procs[int(entry)] = _cpu_s(entry)
             except (OSError, ValueError, IndexError):
                 continue  # exited meanwhile
-    out: dict[str, float] = {}
     tree, frontier = set(), {root}
     while frontier:
         tree |= frontier
         frontier = {pid for pid, (_, ppid, _) in procs.items() if ppid in frontier} - tree
-    for pid in tree:
-        if pid in procs:
-            name, _, cpu = procs[pid]
-            key = "server" if pid == root else name
-            out[key] = out.get(key, 0.0) + cpu
+    return {pid: ("server" if pid == root else procs[pid][0], procs[pid][2])
+            for pid in tree if pid in procs}
+
+
+def _by_name(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, seconds in pairs:
+        out[name] = out.get(name, 0.0) + seconds
     return out
 
 
@@ -165,13 +167,15 @@ def _children_cpu_s() -> float:
 
 class HostUse:
     """Where this host's time went while the benchmark ran: CPU seconds of the serving
-    processes (by name), of the benchmark client and of revatid, and the session's own
-    accounting (frozen for Revati's bookkeeping, kept out as CPU contention, jumped)."""
+    processes (by name), of the benchmark client and of revatid; the real seconds each of
+    those processes spent inside Revati's own code; and the session's own accounting (frozen
+    for Revati's bookkeeping, kept out as CPU contention, jumped)."""
 
     def __init__(self, server: int, client: int) -> None:
         from revati.adapters.session import member
 
         self.server = server
+        self.client = client
         self.member = member()
         if self.member is not None:
             with self.member.clock.freeze(), self.member.lock:
@@ -184,22 +188,32 @@ class HostUse:
             return {}
         with m.clock.freeze(), m.lock:
             session = m.client.request("session.status", session=m.session_id)["session"]
-        cpu = _tree_cpu_s(self.server)
+        tree = _tree_cpu_s(self.server)
+        cpu = _by_name(tree.values())
         cpu["benchmark client"] = client_cpu_s
         cpu["revatid"] = _cpu_s(self.daemon)[2]
-        return {"cpu_s": cpu, **{k: session["counters"][k] for k in
-                                 ("virtual_s", "frozen_s", "contended_s", "jumped_s")}}
+        # the same names for the participants' time inside Revati (the client's once it left)
+        names = {pid: name for pid, (name, _) in tree.items()}
+        names[self.client] = "benchmark client"
+        revati = _by_name((names[p["pid"]], p["revati_s"])
+                          for p in session["participants"] + session["exited"]
+                          if p["pid"] in names and "revati_s" in p)
+        return {"cpu_s": cpu, "revati_s": revati,
+                **{k: session["counters"][k] for k in
+                   ("virtual_s", "frozen_s", "contended_s", "jumped_s")}}
 
     def result(self, client_cpu_s: float) -> dict[str, Any]:
         """The deltas since construction; `client_cpu_s`: the client's CPU time in all."""
         after = self._snapshot(client_cpu_s)
         if not after:
             return {}
-        cpu = {k: round(v - self.before["cpu_s"].get(k, 0.0), 3)
-               for k, v in after["cpu_s"].items()}
+
+        def delta(key: str) -> dict[str, float]:
+            return {k: round(v - self.before[key].get(k, 0.0), 3) for k, v in after[key].items()}
+
         out = {k: after[k] - self.before[k] for k in ("frozen_s", "contended_s", "jumped_s")}
-        return {"cpu_s": cpu, "virtual_window_s": [self.before["virtual_s"], after["virtual_s"]],
-                **out}
+        return {"cpu_s": delta("cpu_s"), "revati_s": delta("revati_s"),
+                "virtual_window_s": [self.before["virtual_s"], after["virtual_s"]], **out}
 
 
 # Both vLLM's `bench serve` and SGLang's `bench_serving` print this once their own start-up

@@ -8,8 +8,13 @@ went per decode step while the benchmark ran.
 Prints, per rate: the benchmark phase's virtual and wall seconds and their ratio, the whole
 session's ratio (start-up included) and TPOT; then, per decode step of the benchmark phase
 (graph replays in the session trace), the CPU milliseconds of each process (the engine core,
-the API server, the benchmark client, revatid) and the session's frozen milliseconds (Revati's
-bookkeeping inside the processes, also in their CPU time).
+the API server, the benchmark client, revatid), the real milliseconds each served process
+spent inside Revati's own code (its held freezes: CPU, and the waits for revatid's replies
+inside them), and the session's frozen milliseconds (any process inside Revati, or all of them
+waiting for a jump). Last, `ceiling`: the speed-up the host could give at most if Revati cost
+nothing in the served processes: virtual time over the served processes' own CPU time (CPU
+less time inside Revati) spread over all of this host's CPUs. An upper bound: the engine's
+step is a chain of its own work that no spare core shortens.
 """
 
 from __future__ import annotations
@@ -46,6 +51,14 @@ def run(sock: str, rate: float, n: int, dilation: float, tmp: Path) -> dict:
 
 ROLES = (("engine core", "VLLM::EngineCor"),  # /proc comm: 15 characters
          ("API server", "server"), ("bench client", "benchmark client"), ("revatid", "revatid"))
+SERVED = ROLES[:3]
+
+
+def ceiling(use: dict, virtual_s: float) -> float:
+    """Virtual seconds over the served processes' own CPU seconds per host CPU."""
+    own = sum(max(0.0, use["cpu_s"].get(key, 0.0) - use["revati_s"].get(key, 0.0))
+              for _, key in SERVED)
+    return virtual_s / (own / len(os.sched_getaffinity(0))) if own else float("inf")
 
 
 def main() -> None:
@@ -55,19 +68,22 @@ def main() -> None:
     ap.add_argument("--cpu-dilation", type=float, default=1.0)
     args = ap.parse_args()
     print(f"{'req/s':>6} {'bench virt s':>12} {'bench wall s':>12} {'speed-up':>9} "
-          f"{'session':>8} {'TPOT p50 ms':>11} {'steps':>6} | host ms per decode step: "
-          + " ".join(f"{name:>12}" for name, _ in ROLES) + f" {'frozen':>8}")
+          f"{'session':>8} {'TPOT p50 ms':>11} {'steps':>6} | host ms per decode step, CPU: "
+          + " ".join(f"{name:>12}" for name, _ in ROLES) + " | inside Revati: "
+          + " ".join(f"{name:>12}" for name, _ in SERVED) + f" {'frozen':>8} {'ceiling':>8}")
     with private_daemon() as sock, tempfile.TemporaryDirectory() as tmp:
         for rate in args.rates:
             r = run(sock, rate, args.num_prompts, args.cpu_dilation, Path(tmp))
             use, steps = r["host_use"], max(r["decode_steps"], 1)
-            per_step = [use["cpu_s"].get(key, 0.0) * 1e3 / steps for _, key in ROLES]
+            cpu = [use["cpu_s"].get(key, 0.0) * 1e3 / steps for _, key in ROLES]
+            inside = [use["revati_s"].get(key, 0.0) * 1e3 / steps for _, key in SERVED]
+            v0, v1 = use["virtual_window_s"]
             print(f"{rate:6.1f} {r['bench_virtual_s']:12.2f} {r['bench_wall_s']:12.2f} "
                   f"{r['bench_speedup']:9.2f} {r['speedup']:8.2f} {r['median_tpot_ms']:11.2f} "
-                  f"{r['decode_steps']:6d} | {'':24}"
-                  + " ".join(f"{ms:12.2f}" for ms in per_step)
-                  + f" {use['frozen_s'] * 1e3 / steps:8.2f}", flush=True)
-
+                  f"{r['decode_steps']:6d} | {'':29}" + " ".join(f"{ms:12.2f}" for ms in cpu)
+                  + f" | {'':15}" + " ".join(f"{ms:12.2f}" for ms in inside)
+                  + f" {use['frozen_s'] * 1e3 / steps:8.2f} {ceiling(use, v1 - v0):7.2f}x",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

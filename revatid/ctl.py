@@ -109,6 +109,12 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
         f"  quiescence seen  {c['quiescence_by_hook']} by hooks, {c['quiescence_by_proc']} "
         "by /proc (unhooked waits)",
     ]
+    inside = sorted(((p.get("revati_s", 0.0), p["name"] or str(p["pid"]))
+                     for p in s.get("participants", []) + s.get("exited", [])), reverse=True)
+    if inside and inside[0][0] > 0:
+        lines.append("  inside Revati    " + ", ".join(
+            f"{name} {sec:.3f} s" for sec, name in inside[:4])
+            + "   (real time each process spent in Revati's own code)")
     if c.get("unhooked_waits"):
         lines.append("  unhooked waits   " + ", ".join(
             f"{who} {n}" for who, n in c["unhooked_waits"].items())

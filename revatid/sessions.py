@@ -74,7 +74,9 @@ class Participant:
         return {"pid": self.pid, "role": self.role, "name": self.name, "slot": self.slot,
                 "state": "running" if running > 0 else "waiting", "running_threads": running,
                 "deadline_ns": None if deadline == NO_DEADLINE else deadline,
-                "hooked_waits": waits}
+                "hooked_waits": waits,
+                # real seconds its process spent inside Revati's own code (holding a freeze)
+                "revati_s": page.slot_held_ns(self.slot) / 1e9}
 
 
 def _load_predictor(sku: str, options: dict[str, Any]) -> Predictor:
@@ -182,10 +184,11 @@ class Session:
             return
         del self.participants[p.slot]
         released = self.page.freeze_release(p.slot)
+        revati_s = self.page.slot_held_ns(p.slot) / 1e9
         self.page.slot_free(p.slot)
         self.timeline.forget(p.pid)
         self.exited.append({"pid": p.pid, "name": p.name, "reason": reason,
-                            "virtual_ns": self.page.now()})
+                            "virtual_ns": self.page.now(), "revati_s": revati_s})
         self.log.info("participant.left", pid=p.pid, reason=reason, freezes_released=released)
         self.page.poke_quiesce()
         if not self.participants:

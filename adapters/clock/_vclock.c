@@ -13,7 +13,8 @@
  *                       sequence lock).
  *   page 2+  slots      one 64-byte slot per participant: pid, threads running, activity
  *                       counter and earliest virtual deadline, so that the timekeeper learns
- *                       a participant's state without a round trip.
+ *                       a participant's state without a round trip; and the real time its
+ *                       process has spent inside Revati (holding a freeze), for the summary.
  *
  * Wake-ups: revatid bumps the `wake` word after each clock change and FUTEX_WAKEs it; a waiter
  * sleeps on it with a real-time timeout equal to its remaining virtual time / rate.
@@ -36,7 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAGIC 0x33304b4c43545652ULL /* "RVTCLK03": layout 3 makes the freeze lock a robust mutex */
+#define MAGIC 0x34304b4c43545652ULL /* "RVTCLK04": layout 4 times each slot's freezes */
 #define PAGE 4096
 #define SLOT_SIZE 64
 #define MAX_SLOTS 256
@@ -81,8 +82,11 @@ typedef struct {
     int64_t waits;       /* hooked waits entered (statistics) */
     int32_t freezes;     /* freezes this participant holds now (released if it dies) */
     uint32_t wake;       /* futex word: bumped after each clock change and by local pokes */
-    uint8_t _rest[SLOT_SIZE - 40];
+    int64_t held_since;  /* real ns when its freezes went from none to some */
+    int64_t held_ns;     /* real ns it has held a freeze in all: its time inside Revati */
+    uint8_t _rest[SLOT_SIZE - 56];
 } slot_t;
+_Static_assert(sizeof(slot_t) == SLOT_SIZE, "a slot is SLOT_SIZE bytes");
 
 static inline int64_t mono_ns(void) {
     struct timespec ts;
@@ -400,11 +404,21 @@ static void poke_quiesce(freeze_hdr *f) {
 /* Freezes held now, the idle freeze not counted (read under f->lock). */
 static inline uint32_t held_freezes(freeze_hdr *f) { return f->count - (f->running <= 0); }
 
+/* A slot takes (+1) or drops (-1) one freeze, right after freeze_step (under f->lock), whose
+ * segment start is the time now: the slot's time inside Revati runs while it holds any. */
+static inline void slot_hold(freeze_hdr *f, slot_t *s, int delta) {
+    if (delta > 0) {
+        if (s->freezes++ == 0) s->held_since = f->start;
+    } else if (--s->freezes == 0) {
+        s->held_ns += f->start - s->held_since;
+    }
+}
+
 static PyObject *Page_freeze_enter(PageObject *self, PyObject *unused) {
     freeze_hdr *f = self->frz;
     page_lock(f);
     freeze_step(f, 1);
-    if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
+    if (self->my_slot >= 0) slot_hold(f, &self->slots[self->my_slot], 1);
     else f->unslotted++;
     page_unlock(f);
     Py_RETURN_NONE;
@@ -433,7 +447,7 @@ static PyObject *Page_freeze_enter_op(PageObject *self, PyObject *unused) {
         }
     }
     freeze_step(f, 1);
-    if (self->my_slot >= 0) self->slots[self->my_slot].freezes++;
+    if (self->my_slot >= 0) slot_hold(f, &self->slots[self->my_slot], 1);
     else f->unslotted++;
     page_unlock(f);
     Py_RETURN_NONE;
@@ -459,7 +473,7 @@ static PyObject *Page_freeze_exit(PageObject *self, PyObject *unused) {
         return NULL;
     }
     freeze_step(f, -1);
-    if (self->my_slot >= 0) self->slots[self->my_slot].freezes--;
+    if (self->my_slot >= 0) slot_hold(f, &self->slots[self->my_slot], -1);
     else f->unslotted--;
     int quiet = f->running <= 0 && held_freezes(f) == 0;
     page_unlock(f);
@@ -480,6 +494,7 @@ static PyObject *Page_freeze_release(PageObject *self, PyObject *args) {
     __atomic_add_fetch(&f->seq, 1, __ATOMIC_ACQ_REL);
     if (n > f->count) n = f->count;
     close_segment(f, mono_ns());
+    if (held > 0) self->slots[i].held_ns += f->start - self->slots[i].held_since;
     if (n && f->count == n) f->sections++;
     f->count -= n;
     set_frac(f);
@@ -658,6 +673,7 @@ static PyObject *Page_slot_claim(PageObject *self, PyObject *args) {
     s->deadline = NO_DEADLINE;
     s->waits = 0;
     s->freezes = 0;
+    s->held_ns = 0;
     if (!self->writer) self->my_slot = i;
     __atomic_add_fetch(&s->activity, 1, __ATOMIC_ACQ_REL);
     STORE(&s->pid, pid);
@@ -721,6 +737,20 @@ static PyObject *Page_slot_read(PageObject *self, PyObject *args) {
                          (long long)s->waits, s->freezes);
 }
 
+/* Real ns the slot's process has spent inside Revati's own code (holding a freeze), the
+ * freeze it holds now included. */
+static PyObject *Page_slot_held_ns(PageObject *self, PyObject *args) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    slot_t *s = slot_arg(self, i);
+    if (!s) return NULL;
+    freeze_hdr *f = self->frz;
+    page_lock(f);
+    int64_t held = s->held_ns + (s->freezes > 0 ? mono_ns() - s->held_since : 0);
+    page_unlock(f);
+    return PyLong_FromLongLong((long long)held);
+}
+
 static PyMethodDef Page_methods[] = {
     {"now", (PyCFunction)Page_now, METH_NOARGS, "Virtual ns since the session began."},
     {"monotonic", (PyCFunction)Page_monotonic, METH_NOARGS, "Virtual time.monotonic()."},
@@ -750,6 +780,8 @@ static PyMethodDef Page_methods[] = {
     {"slot_running", (PyCFunction)Page_slot_running, METH_VARARGS, "Add to the running count."},
     {"slot_deadline", (PyCFunction)Page_slot_deadline, METH_VARARGS, "Publish a deadline."},
     {"slot_read", (PyCFunction)Page_slot_read, METH_VARARGS, "Read a slot."},
+    {"slot_held_ns", (PyCFunction)Page_slot_held_ns, METH_VARARGS,
+     "Real ns a slot's process has held a freeze (its time inside Revati)."},
     {NULL}};
 
 static PyTypeObject PageType = {

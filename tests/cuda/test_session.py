@@ -51,6 +51,19 @@ def _run_fixed(daemon: Daemon, script: str, trace: Path,
     return json.loads(result.stdout.strip().splitlines()[-1]), summary, events
 
 
+def test_the_summary_tells_each_process_time_inside_revati(daemon: Daemon, tmp_path: Path,
+                                                          ) -> None:
+    """A process that launches kernels spends real time in Revati's own code (its held
+    freezes): the session keeps it when the process leaves, and the run summary prints it."""
+    result, summary = revatictl_run(
+        daemon, [sys.executable, str(Path(__file__).with_name("replay_in_session.py"))],
+        "--fixed-ns", str(COLLECTIVE_NS))
+    assert result.returncode == 0, result.stderr
+    (program,) = summary["exited"]
+    assert 0 < program["revati_s"] < summary["counters"]["wall_s"]
+    assert re.search(rf"inside Revati +\S+ {program['revati_s']:.3f} s", result.stderr)
+
+
 def test_replay_runs_end_where_separate_launches_do(daemon: Daemon, tmp_path: Path) -> None:
     """Through revatid: a replay whose 64 dynamic launches go as two runs takes the stream
     exactly as long as the same kernels launched one by one, and the trace shows each."""

@@ -49,6 +49,19 @@ def serve_200(module_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -
                     "--request-rate", "4", trace=False)
 
 
+def test_the_host_use_tells_each_process_time_inside_revati(serve_200: Demo) -> None:
+    """The demo's JSON splits the host's time of the benchmark phase: CPU seconds per process,
+    and the real seconds each served process spent inside Revati's own code (held freezes;
+    the benchmark client's read when it left the session). The engine core runs every op
+    through Revati; the API server and the client only their clock reads and waits."""
+    use, wall = serve_200.result["host_use"], serve_200.result["bench_wall_s"]
+    inside = use["revati_s"]
+    assert set(inside) >= {"VLLM::EngineCor", "server", "benchmark client"}
+    assert 0 < inside["VLLM::EngineCor"] < wall
+    assert inside["benchmark client"] > 0 and inside["server"] > 0
+    assert inside["VLLM::EngineCor"] > 10 * max(inside["server"], inside["benchmark client"])
+
+
 def test_every_request_completes_with_its_output_length(serve_200: Demo) -> None:
     r = serve_200.result
     assert r["completed"] == 200 and r["failed"] == 0
