@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import random
 import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from revati.adapters.clock._vclock import Page
@@ -49,8 +51,12 @@ print(released, page.freeze_stats()[0], page.now() >= v0)
 
 
 def kill_inside_the_lock(child: subprocess.Popen, page: mmap.mmap) -> None:
-    """Stop the child until it is stopped holding the lock, then kill it there."""
-    for _ in range(100_000):
+    """Stop the child until it is stopped holding the lock, then kill it there. Between two
+    stops the child runs for a random few microseconds: stopped again at once, on a loaded
+    host it may not have run at all and sits where it sat (CI once missed 100,000 times)."""
+    rng = random.Random(child.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         os.kill(child.pid, signal.SIGSTOP)
         os.waitid(os.P_PID, child.pid, os.WSTOPPED)
         if struct.unpack_from("<i", page, LOCK_WORD)[0]:
@@ -58,6 +64,11 @@ def kill_inside_the_lock(child: subprocess.Popen, page: mmap.mmap) -> None:
             child.wait()
             return
         os.kill(child.pid, signal.SIGCONT)
+        until = time.perf_counter() + rng.uniform(0, 50e-6)
+        while time.perf_counter() < until:
+            pass
+    child.kill()
+    child.wait()
     raise AssertionError("the child was never stopped inside the lock")
 
 
