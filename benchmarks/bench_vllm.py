@@ -85,5 +85,6 @@ def main() -> None:
                   + f" {use['frozen_s'] * 1e3 / steps:8.2f} {ceiling(use, v1 - v0):7.2f}x",
                   flush=True)
 
+
 if __name__ == "__main__":
     main()
