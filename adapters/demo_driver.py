@@ -197,7 +197,7 @@ class HostUse:
         names[self.client] = "benchmark client"
         revati = _by_name((names[p["pid"]], p["revati_s"])
                           for p in session["participants"] + session["exited"]
-                          if p["pid"] in names and "revati_s" in p)
+                          if p["pid"] in names)
         return {"cpu_s": cpu, "revati_s": revati,
                 **{k: session["counters"][k] for k in
                    ("virtual_s", "frozen_s", "contended_s", "jumped_s")}}

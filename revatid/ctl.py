@@ -109,7 +109,7 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
         f"  quiescence seen  {c['quiescence_by_hook']} by hooks, {c['quiescence_by_proc']} "
         "by /proc (unhooked waits)",
     ]
-    inside = sorted(((p.get("revati_s", 0.0), p["name"] or str(p["pid"]))
+    inside = sorted(((p["revati_s"], p["name"] or str(p["pid"]))
                      for p in s.get("participants", []) + s.get("exited", [])), reverse=True)
     if inside and inside[0][0] > 0:
         lines.append("  inside Revati    " + ", ".join(
