@@ -53,27 +53,6 @@ def looks_like_python(pid: int) -> bool:
     return exe.startswith("python")
 
 
-_loadavg_fd: int | None = None
-
-
-def nothing_else_runs() -> bool:
-    """No thread on the host but the caller is running or waiting for a CPU.
-
-    The fourth field of /proc/loadavg counts the host's runnable threads at the moment of the
-    read, the reader included. One read (about a microsecond) instead of a stat file per
-    participant thread (tens of microseconds each, and a vLLM process has ~50 threads): when
-    it says 1, no participant thread can be runnable. On a busy host it says more, and the
-    caller asks each participant (ProcWatch.runnable)."""
-    global _loadavg_fd
-    try:
-        if _loadavg_fd is None:
-            _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
-        running = os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0]
-        return int(running) <= 1
-    except (OSError, IndexError, ValueError):
-        return False
-
-
 _softirq_fds: list[int] | None = None
 
 

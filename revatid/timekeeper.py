@@ -26,7 +26,7 @@ from typing import Protocol
 
 from revati.adapters.clock._vclock import NO_DEADLINE, Page
 from revati.revatid.precise_timer import PreciseTimer
-from revati.revatid.procwatch import ProcWatch, nothing_else_runs, softirq_pending
+from revati.revatid.procwatch import ProcWatch, softirq_pending
 
 WATCH_PERIOD_NS = 20_000_000  # re-check at least this often (for waits only /proc can see)
 JOIN_POLL_S = 0.001  # while a child has yet to join, look again this often
@@ -126,20 +126,22 @@ class Timekeeper:
         return Quiet(deadline, tuple(activity), members, running)
 
     def _kernel_agrees(self, quiet: Quiet) -> bool:
-        """The kernel's view (file reads): no participant thread is runnable, and those with
-        running threads by their slot have slept since the last sample."""
-        others_run: bool | None = None  # the host-wide answer, asked once and only if needed
+        """The kernel's view (file reads): no network receive work is put off, no participant
+        thread is runnable, and those with running threads by their slot have slept since the
+        last sample.
+
+        Each waiting participant's threads are read, never a host-wide count such as
+        /proc/loadavg's: a thread woken onto an idle CPU waits on that CPU's wake list until
+        it takes the interrupt (tens of microseconds to milliseconds on a virtual machine),
+        and in that window its stat file says R while the run-queue counts leave it out."""
+        if self.proc_check and softirq_pending():
+            return False  # a message may be in flight in the kernel
         for m, running in zip(quiet.members, quiet.running, strict=True):
             if running:
                 if not m.watch.asleep():
                     return False
-            elif self.proc_check:
-                if others_run is None:
-                    others_run = not nothing_else_runs()
-                    if others_run and softirq_pending():
-                        return False  # a message may be in flight in the kernel
-                if others_run and m.watch.runnable():
-                    return False
+            elif self.proc_check and m.watch.runnable():
+                return False
         return True
 
     def _unchanged(self, quiet: Quiet) -> bool:

@@ -37,7 +37,8 @@ def run_md1(daemon: Daemon, seed: int, *options: str,
     return measured, md1.expected_latencies(out["arrivals"], SERVICE_S), counters, out
 
 
-# Seed 9 caught a jump taken while a woken actor's request to revatid was still unread.
+# Seed 9 caught a jump taken while a woken actor's request to revatid was still unread, and
+# one taken while a relayed request's wake-up waited on an idle CPU's wake list.
 @pytest.mark.parametrize("seed", [7, 9, 11])
 def test_md1_latencies_match_the_analytic_queue(daemon: Daemon, seed: int) -> None:
     """200 requests, Poisson arrivals (mean gap 50 ms, seeded), 20 ms of virtual GPU time each:
@@ -50,6 +51,10 @@ def test_md1_latencies_match_the_analytic_queue(daemon: Daemon, seed: int) -> No
     ten times faster than this VM), which leaves the queue's own dynamics to compare; the next
     test checks that the gap at full speed is that program time and nothing else."""
     measured, expected, counters, _ = run_md1(daemon, seed, "--cpu-dilation", "0.1")
+    # A jump past a message in flight delays its request by up to a whole arrival gap (1.9 to
+    # 290 ms seen); program time alone left each run's latest request 23-72 us late here.
+    late = max((m - e, i) for i, (m, e) in enumerate(zip(measured, expected, strict=True)))
+    assert late[0] < 0.002, f"request {late[1]} is {late[0] * 1e3:.3f} ms late"
     for q in (0.5, 0.99):
         want, got = quantile(expected, q), quantile(measured, q)
         assert abs(got - want) <= 0.02 * want, f"p{q * 100:g}: {got * 1e3:.3f} ms, " \
