@@ -91,6 +91,11 @@ def softirq_pending() -> bool:
 
 
 KEPT_OPEN = 128  # stat files kept open per process; more threads than that are opened per read
+# runnable() lists the process's threads (a directory read: ~12 us, as much as ten stat files)
+# only when its main thread's stat shows another thread count, a thread's file fails, or every
+# RELIST_EVERY looks (a thread that ended and one that began in between leave the count as it
+# was, and the one that ended may have been a bystander, whose file is not read).
+RELIST_EVERY = 64
 # Threads (by name) that no hooked wait depends on, left out of runnable(): gloo's transport
 # loops wake every 10 ms from a real-time epoll timeout, and its workers run CPU collectives
 # for a caller that waits inside gloo, unhooked, so that process is judged by asleep(), which
@@ -115,6 +120,11 @@ class ProcWatch:
         self._stat_fds: dict[str, int] = {}
         self._bystanders: set[str] = set()  # named so at their first read
         self._main = str(pid)
+        # runnable()'s fast path: stat files of the threads it reads, the main thread's first
+        # (its num_threads field tells whether the listing still holds), and that count.
+        self._watched: list[int] | None = None
+        self._listed = b""
+        self._looks = 0
         self.comm = b""  # the process's name (its main thread's), as last read: for messages
         weakref.finalize(self, _close, self._stat_fds)
 
@@ -155,8 +165,43 @@ class ProcWatch:
         return states
 
     def runnable(self) -> bool:
-        """Some thread of the process, bystanders aside, is running or waiting for a CPU."""
-        return "R" in self._states(_tasks(self.pid), skip_bystanders=True)
+        """Some thread of the process, bystanders aside, is running, waiting for a CPU, or
+        being woken (a thread on an idle CPU's wake list already says R)."""
+        self._looks += 1
+        watched = self._watched
+        if watched is None or self._looks % RELIST_EVERY == 0:
+            return self._runnable_relisted()
+        try:
+            data = os.pread(watched[0], 1024, 0)  # the main thread's
+        except OSError:  # the process has gone
+            return self._runnable_relisted()
+        end = data.rfind(b")")
+        fields = data[end + 2:].split(None, 18)
+        if fields[17] != self._listed:  # field 20, num_threads: threads came or went
+            return self._runnable_relisted()
+        if fields[0] == b"R":
+            return True
+        for fd in watched[1:]:
+            try:
+                data = os.pread(fd, 1024, 0)
+            except OSError:  # the thread has gone
+                return self._runnable_relisted()
+            if data[data.rfind(b")") + 2] == 82:  # "R"
+                return True
+        return False
+
+    def _runnable_relisted(self) -> bool:
+        tasks = _tasks(self.pid)
+        runnable = "R" in self._states(tasks, skip_bystanders=True)
+        fds = self._stat_fds
+        main = fds.get(self._main)
+        if main is None or len(tasks) > len(fds):  # gone, or too many threads to keep open
+            self._watched = None
+        else:
+            self._watched = [main, *(fd for tid, fd in fds.items()
+                                     if tid != self._main and tid not in self._bystanders)]
+            self._listed = str(len(tasks)).encode()
+        return runnable
 
     def asleep(self) -> bool:
         """Every thread sleeps now and none was scheduled since the previous call."""

@@ -76,6 +76,29 @@ while True:
         churn.wait()
 
 
+def test_a_thread_started_after_the_last_listing_is_seen_at_the_next_look() -> None:
+    """runnable() reads the stat files it listed before while the thread count holds: a new
+    thread changes the count, so it is listed and read at once."""
+    proc = subprocess.Popen([sys.executable, "-c", """
+import sys, threading, time
+sys.stdin.readline()
+threading.Thread(target=lambda: [None for _ in iter(int, 1)], daemon=True).start()
+time.sleep(30)
+"""], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        watch = procwatch.ProcWatch(proc.pid)
+        assert not any(watch.runnable() for _ in range(10))
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        time.sleep(0.3)
+        assert watch.runnable() and watch.runnable()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 BUSY_GLOO_LOOP = """
 import ctypes, threading, time
 def loop():
