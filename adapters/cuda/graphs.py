@@ -121,8 +121,7 @@ def launch_graph(link: Any, ev: LaunchEvent, nodes: list[Callable[[], None]]) ->
         runs = _Runs(link, ev)
         saved, S.link_override = S.link_override, runs
         try:
-            for node in nodes:  # launches of their own, on this stream
-                node()
+            _run_nodes(runs, nodes)
         finally:
             S.link_override = saved
             runs.send()
@@ -131,6 +130,35 @@ def launch_graph(link: Any, ev: LaunchEvent, nodes: list[Callable[[], None]]) ->
     flush = getattr(link, "flush", None)
     if flush is not None:
         flush()
+
+
+def _run_nodes(runs: _Runs, nodes: list[Callable[[], None]]) -> None:
+    """Each node's launches, in order, into `runs`. A node with a `key()` equal to the node
+    before it launches what that node launched (a layer's attention with the step's batch,
+    32 times over): those launches are repeated rather than built again."""
+    last_key: Any = _NO_KEY
+    launched: list[LaunchEvent] = []  # what the last node that ran launched
+    end = 0  # where the runs' list ended after it (or its repeats)
+    for node in nodes:
+        key_of = getattr(node, "key", None)
+        key = _NO_KEY if key_of is None else key_of()
+        events = runs.events
+        if key is not _NO_KEY and key == last_key and len(events) == end:
+            events.extend(launched)
+            end = len(events)
+            continue
+        first = len(events)
+        node()  # launches of its own, on this stream
+        # Repeated only while the node's launches are still where they were put: a node
+        # that asks the link anything else has them sent first (_after_runs)
+        if runs.events is events:
+            launched, end = events[first:], len(events)
+        else:
+            end = -1
+        last_key = key
+
+
+_NO_KEY = object()
 
 
 def _after_runs(name: str) -> Callable[..., Any]:
@@ -224,7 +252,11 @@ def graph_pool_handle() -> tuple[int, int]:
 def dynamic(node: Callable[[], None]) -> None:
     """Launch `node()`'s kernels now, or, while the current stream captures a graph, at each
     replay of that graph instead. A forward template (templates.py) that records the current
-    forward keeps the node, to run it at each replay of the template."""
+    forward keeps the node, to run it at each replay of the template.
+
+    A node may have a `key()` method returning everything its launches depend on at a replay
+    (compared with ==): a replay runs one node of each run of consecutive
+    nodes with equal keys and repeats its launches for the others."""
     graph = streams.current_stream().capture
     if graph is not None:
         graph.dynamic.append(node)

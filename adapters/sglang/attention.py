@@ -67,7 +67,7 @@ class RevatiAttnBackend(AttentionBackend):
         if streams.current_stream().capture is None:
             launch_attention(self.batch, ATTENTION_OP, dtype, dev, heads)
         else:  # in a CUDA graph: each replay launches with the batch of its own step
-            graphs.dynamic(lambda: launch_attention(self.batch, ATTENTION_OP, dtype, dev, heads))
+            graphs.dynamic(_LayerAttention(self, (dtype, dev, heads)))
         return q.new_empty(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
 
     # -- CUDA graphs: no device-side metadata to keep at fixed addresses
@@ -97,3 +97,22 @@ def register() -> None:
     ATTENTION_BACKENDS.setdefault(NAME, RevatiAttnBackend)
     if NAME not in choices.ATTENTION_BACKEND_CHOICES:
         choices.add_attention_backend_choices([NAME])  # SGLang's API for out-of-tree backends
+
+
+class _LayerAttention:
+    """A layer's attention in a CUDA graph, as a dynamic node: launched at each replay with
+    the batch of that replay's step."""
+
+    __slots__ = ("args", "backend")
+
+    def __init__(self, backend: RevatiAttnBackend, args: tuple[str, int, tuple[int, ...]],
+                 ) -> None:
+        self.backend = backend
+        self.args = args
+
+    def key(self) -> tuple[Any, ...]:
+        return self.backend.batch, self.args
+
+    def __call__(self) -> None:
+        dtype, dev, heads = self.args
+        launch_attention(self.backend.batch, ATTENTION_OP, dtype, dev, heads)

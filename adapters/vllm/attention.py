@@ -125,9 +125,24 @@ class RevatiAttentionImpl(AttentionImpl[AttentionBatch]):
                 self.num_kv_heads, self.head_size,
                 self.kv_sharing_target_layer_name is None and key is not None,
                 dtype_name(kv_cache.dtype) if kv_cache.numel() else "bf16")
-        name = layer.layer_name
-        graphs.dynamic(lambda: emit(current.batches.get(name), *args))
+        graphs.dynamic(_LayerAttention(layer.layer_name, args))
         return output
+
+
+class _LayerAttention:
+    """A layer's attention as a dynamic node: launched with the batch of the step at hand."""
+
+    __slots__ = ("args", "name")
+
+    def __init__(self, name: str, args: tuple[Any, ...]) -> None:
+        self.name = name
+        self.args = args
+
+    def key(self) -> tuple[Any, ...]:
+        return current.batches.get(self.name), self.args
+
+    def __call__(self) -> None:
+        emit(current.batches.get(self.name), *self.args)
 
 
 def emit(b: AttentionBatch | None, dtype: str, dev: int, n_heads: int, n_kv_heads: int,

@@ -159,6 +159,82 @@ def test_a_dynamic_node_that_records_an_event_splits_the_runs(vcuda: Any,
     assert link.ready[(0, 0)] == (4 + 8) * d
 
 
+class _KeyedNode:
+    """A dynamic node with a key, as the attention backends make them: its launches depend on
+    the step's batch (`state["batch"]`, per layer group) and nothing else."""
+
+    def __init__(self, vcuda: Any, state: dict[str, Any], group: int,
+                 record: Any = None) -> None:
+        self.vcuda, self.state, self.group, self.record = vcuda, state, group, record
+
+    def key(self) -> Any:
+        return self.state["batch"][self.group]
+
+    def __call__(self) -> None:
+        self.state["calls"] += 1
+        q = self.key()
+        self.vcuda.launch(Family.MEMORY, "kv", "bf16", (8192 * q, 2048 * q))
+        self.vcuda.launch(Family.ATTENTION, "att", "bf16", (q, q, 9, 9, 81, 32, 8, 128, 1))
+        if self.record is not None:
+            self.record()
+
+
+def _keyed_step(vcuda: Any, state: dict[str, Any], groups: list[int], record: Any = None,
+                ) -> Any:
+    from revati.adapters.cuda import graphs
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for group in groups:
+            vcuda.launch(Family.GEMM, "mm", "bf16", (1, 4096, 4096, 1))
+            graphs.dynamic(_KeyedNode(vcuda, state, group, record))
+    return graph
+
+
+def test_nodes_with_equal_keys_run_once_and_launch_as_many(vcuda: Any,
+                                                           link: RecordingLink) -> None:
+    state = {"batch": {0: 1}, "calls": 0}
+    graph = _keyed_step(vcuda, state, [0] * 32)
+    link.clock = 7_000
+    graph.replay()
+    assert state["calls"] == 1
+    assert [(e.op, e.feats[0], n) for e, n in link.runs] == [("kv", 8192, 32), ("att", 1, 32)]
+    assert link.ready[(0, 0)] == 7_000 + (32 + 64) * link.duration_ns
+    state["batch"][0] = 3  # the next step's batch: launched with its own features
+    link.runs.clear()
+    graph.replay()
+    assert state["calls"] == 2
+    assert [(e.op, e.feats[0], n) for e, n in link.runs] == [("kv", 3 * 8192, 32),
+                                                             ("att", 3, 32)]
+
+
+def test_a_change_of_key_runs_the_node_again(vcuda: Any, link: RecordingLink) -> None:
+    """Two layer groups with batches of their own (sliding-window layers, say): each run of
+    equal keys runs one node, whose launches repeat over the run."""
+    state = {"batch": {0: 1, 1: 2}, "calls": 0}
+    graph = _keyed_step(vcuda, state, [0] * 4 + [1] * 4 + [0] * 4)
+    graph.replay()
+    assert state["calls"] == 3
+    counts: dict[tuple[str, int], int] = {}
+    for e, n in link.runs:
+        counts[(e.op, e.feats[0])] = counts.get((e.op, e.feats[0]), 0) + n
+    assert counts == {("kv", 8192): 8, ("att", 1): 8, ("kv", 2 * 8192): 4, ("att", 2): 4}
+
+
+def test_a_keyed_node_that_asks_the_link_more_than_launches_runs_each_time(
+        vcuda: Any, link: RecordingLink) -> None:
+    """A node's event record sends what was counted so far: the launches to repeat are no
+    longer at hand, so the next node runs itself, and the event sees the launches before it."""
+    event = torch.cuda.Event()
+    state = {"batch": {0: 1}, "calls": 0}
+    graph = _keyed_step(vcuda, state, [0] * 4, record=event.record)
+    graph.replay()
+    assert state["calls"] == 4
+    d = link.duration_ns
+    assert link.events[event.id] == (4 + 8) * d  # the last node's record: everything before
+    assert link.ready[(0, 0)] == (4 + 8) * d
+
+
 @pytest.mark.parametrize("pattern", ["ab" * 32, "a" * 64, "abc" * 21 + "a", "abab" * 15 + "ba",
                                      "aab" * 20, "ab" * 16 + "cd" * 16, "", "a", "abcdefghi" * 3])
 def test_runs_count_every_launch_once_first_seen_first(pattern: str) -> None:
