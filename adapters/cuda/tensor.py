@@ -54,6 +54,7 @@ REROOT_DEPTH = 8
 _META = torch.device("meta")
 _CPU = torch.device("cpu")
 CACHE_LIMIT = 1 << 16
+UVA_SLICES = 64  # slices kept per UVA view (one per batch size seen, as a rule)
 
 FRESH, VIEW, WRITE = 0, 1, 2
 # Plain ints in events: they are packed into msgpack frames as they are.
@@ -74,6 +75,7 @@ class VirtualTensor(torch.Tensor):
     _d: int
     _s: tuple[Any, ...]
     _n = 0  # how many `t[...]` deep it is (REROOT_DEPTH)
+    _slices: dict[tuple[Any, ...], tuple[Any, ...]] | None = None  # a UVA view's (_uva_slice)
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -93,8 +95,11 @@ class VirtualTensor(torch.Tensor):
         _DATA.__set__(self, new)
         if type(new) is VirtualTensor:
             self._a, self._v, self._d, self._s = new._a, new._v, new._d, new._s
+            self._slices = None
 
     def __getitem__(self, index: Any) -> Any:
+        if self._slices is not None and type(index) is slice and not _grad_enabled():
+            return _uva_slice(self, index)
         if type(index) in _BASIC_INDEX and not _grad_enabled():
             out = _basic_index(self, index)
             if out is not None:
@@ -186,6 +191,25 @@ def _basic_view(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> Virtu
     return _view(new_size, new_stride, offset, dtype, t, None)
 
 
+def _uva_slice(t: VirtualTensor, index: slice) -> Any:
+    """`t[a:b]` of a UVA view, the same view each time: a serving engine slices its
+    host-mapped input buffers to the batch size at every step (vLLM's `UvaBuffer.uva(n)`, ~16
+    a decode step). Kept while its geometry is the one it was made with (an in-place metadata
+    change of either, which goes through `resize`, gives it a new `_s`)."""
+    slices = t._slices
+    key = (index.start, index.stop, index.step, _inference_enabled())
+    hit = slices.get(key)  # type: ignore[union-attr]
+    if hit is not None and hit[1] is t._s and hit[0]._s is hit[2]:
+        return hit[0]
+    out = _basic_index(t, index)
+    if out is None:
+        return _GETITEM(t, index)
+    if len(slices) >= UVA_SLICES:  # type: ignore[arg-type]
+        slices.clear()  # type: ignore[union-attr]
+    slices[key] = (out, t._s, out._s)  # type: ignore[index]
+    return out
+
+
 def _rerooted(t: VirtualTensor) -> VirtualTensor:
     """The view `t` (REROOT_DEPTH indexings deep) taken off its base: one view function
     instead of a chain of them; same storage, geometry and dtype."""
@@ -230,8 +254,10 @@ def uva_view(cpu: torch.Tensor, dev: int) -> VirtualTensor:
     no device memory."""
     if cpu.device.type != "cpu":
         raise ValueError(f"a UVA view needs a CPU tensor, not one on {cpu.device}")
-    return _wrap(cpu.shape, cpu.stride(), cpu.storage_offset(), cpu.dtype, dev,
-                 Allocation.mapped(cpu.untyped_storage(), "uva"), cpu)
+    t = _wrap(cpu.shape, cpu.stride(), cpu.storage_offset(), cpu.dtype, dev,
+              Allocation.mapped(cpu.untyped_storage(), "uva"), cpu)
+    t._slices = {}
+    return t
 
 
 # -- values

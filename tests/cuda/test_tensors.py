@@ -248,6 +248,30 @@ def test_uva_view_shares_host_memory_and_takes_no_device_memory(vcuda: Any,
         cuda.uva_view(torch.zeros(2, device="cuda"))
 
 
+def test_a_uva_views_slice_is_made_once_per_geometry(vcuda: Any, link: RecordingLink) -> None:
+    """A serving engine slices its UVA buffers to the batch size at every step: the same
+    slice is the same view, until the view or the buffer changes shape in place."""
+    from revati.adapters import cuda
+
+    host = torch.zeros(64, dtype=torch.int32)
+    view = cuda.uva_view(host)
+    with torch.inference_mode():
+        a, b, c = view[:8], view[:8], view[:4]
+        assert a is b and c is not a and c.shape == (4,)
+        host[:8] = torch.arange(8)
+        assert a.tolist() == list(range(8))  # live values, as before
+        a.unsqueeze_(0)  # an in-place metadata change of the view: made again
+        again = view[:8]
+        assert again is not a and again.shape == (8,) and a.shape == (1, 8)
+        view.resize_(16)  # ... or of the buffer
+        after = view[:8]
+        assert after is not again and after.shape == (8,)
+        assert view[:8] is after
+    with torch.no_grad():  # outside inference mode: a view of its own
+        plain = view[:8]
+        assert plain is not after and view[:8] is plain
+
+
 def test_list_views_share_their_base(vcuda: Any, link: RecordingLink) -> None:
     """unbind/split/chunk return views (`Tensor(a)[]`): no new memory, values shared, and in
     inference mode a view of a normal tensor stays a normal tensor (autograd sets its version
