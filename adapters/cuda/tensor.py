@@ -98,10 +98,10 @@ class VirtualTensor(torch.Tensor):
             self._slices = None
 
     def __getitem__(self, index: Any) -> Any:
-        if self._slices is not None and type(index) is slice and not _grad_enabled():
-            return _uva_slice(self, index)
         if type(index) in _BASIC_INDEX and not _grad_enabled():
-            out = _basic_index(self, index)
+            slices = self._slices
+            out = (_basic_index(self, index) if slices is None or type(index) is not slice
+                   else _uva_slice(self, slices, index))
             if out is not None:
                 return out
         src = self if self._n < REROOT_DEPTH else _rerooted(self)
@@ -191,22 +191,22 @@ def _basic_view(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> Virtu
     return _view(new_size, new_stride, offset, dtype, t, None)
 
 
-def _uva_slice(t: VirtualTensor, index: slice) -> Any:
-    """`t[a:b]` of a UVA view, the same view each time: a serving engine slices its
-    host-mapped input buffers to the batch size at every step (vLLM's `UvaBuffer.uva(n)`, ~16
-    a decode step). Kept while its geometry is the one it was made with (an in-place metadata
-    change of either, which goes through `resize`, gives it a new `_s`)."""
-    slices = t._slices
+def _uva_slice(t: VirtualTensor, slices: dict[tuple[Any, ...], tuple[Any, ...]],
+               index: slice) -> VirtualTensor | None:
+    """`t[a:b]` of a UVA view (`slices`: its kept ones), the same view each time: a serving
+    engine slices its host-mapped input buffers to the batch size at every step (vLLM's
+    `UvaBuffer.uva(n)`, ~16 a decode step). Kept while the view and `t` have the geometry
+    they had (an in-place metadata change of either goes through `resize`, which gives it a
+    new `_s`). None where _basic_index gives none."""
     key = (index.start, index.stop, index.step, _inference_enabled())
-    hit = slices.get(key)  # type: ignore[union-attr]
+    hit = slices.get(key)
     if hit is not None and hit[1] is t._s and hit[0]._s is hit[2]:
         return hit[0]
     out = _basic_index(t, index)
-    if out is None:
-        return _GETITEM(t, index)
-    if len(slices) >= UVA_SLICES:  # type: ignore[arg-type]
-        slices.clear()  # type: ignore[union-attr]
-    slices[key] = (out, t._s, out._s)  # type: ignore[index]
+    if out is not None:
+        if len(slices) >= UVA_SLICES:
+            slices.clear()
+        slices[key] = (out, t._s, out._s)
     return out
 
 
