@@ -18,9 +18,12 @@ does not list (host-cpu).
 
 On CUDA each launch's time is its kernels' device time from torch.profiler (no launch gaps,
 as in Vidur's data); on CPU the wall time of the call. Medians over --repeats. A GEMM's weight
-rotates through copies that together exceed twice the last-level cache: in a forward pass each
-weight is read once per step, from memory, while one weight timed again and again would be
-read from the cache (on this project's 2-core host, 2-4x too fast for a 1-row GEMM).
+rotates through copies as large together as the model's weights (--working-set-mib; with
+--model, that model's), capped at twice the last-level cache: a forward pass reads each weight
+once per step, after all the others, so from memory when the model exceeds the cache and from
+the cache when it fits, while one weight timed again and again would always come from the cache
+(2-4x too fast for a 1-row GEMM on a 2-core host with 32 MB of L3). Without a model the copies
+exceed twice the cache: from memory, as any model a GPU serves is read.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from revati.predictors.dataset import write_profile
-from revati.predictors.launch import Collective, Family
+from revati.predictors.launch import DTYPE_BYTES, Collective, Family
 
 try:
     import torch
@@ -111,11 +114,37 @@ def cache_bytes(kind: str) -> int:
     return max(sizes, default=32 << 20)
 
 
-def _rotating(first: Any, nbytes: int, llc: int, make: Callable[[], Any]) -> Iterator[Any]:
-    """`first` and enough copies (from `make`) to exceed twice `llc`, cycled (at most twice
-    the cache in memory, more only for a weight larger than that)."""
-    copies = math.ceil(2 * llc / max(nbytes, 1))
-    return itertools.cycle([first] + [make() for _ in range(copies - 1)])
+def working_set(kind: str, weights: int | None = None) -> int:
+    """The bytes a GEMM's weight copies span: a model's `weights` (read once a forward pass
+    each), at most twice the last-level cache, which is what reads them all from memory."""
+    cap = 2 * cache_bytes(kind)
+    return cap if weights is None else min(weights, cap)
+
+
+def weight_bytes(cfg: dict[str, Any], dtype: str) -> int:
+    """The bytes of a Llama-style model's weights (linear layers, embedding and LM head;
+    norms are too small to count)."""
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    kv = cfg.get("num_key_value_heads") or heads
+    # q and o, k and v, gate, up and down
+    per_layer = 2 * heads * head_dim * hidden + 2 * kv * head_dim * hidden + 3 * inter * hidden
+    vocab = cfg["vocab_size"] * hidden
+    params = cfg["num_hidden_layers"] * per_layer + vocab * (
+        1 if cfg.get("tie_word_embeddings") else 2)
+    return params * DTYPE_BYTES[dtype]
+
+
+def _rotating(first: Any, nbytes: int, pool: int, make: Callable[[], Any]) -> Iterator[Any]:
+    """`first` and enough copies (from `make`) to reach `pool` bytes, cycled, after three
+    passes of 1-row GEMMs over them: a cache keeps a line read once at low priority, so a
+    model's weights are in it only after a few steps (on a host with 300 MB of L3, a 1-row
+    GEMM over a set of 16-66 MiB took 80-90 us in the first two passes and 41-44 after)."""
+    weights = [first] + [make() for _ in range(math.ceil(pool / max(nbytes, 1)) - 1)]
+    for w in weights * 3:
+        F.linear(w[:1], w)
+    return itertools.cycle(weights)
 
 
 # -- grids: each yields (family, op, dtype, feats, fn)
@@ -135,7 +164,8 @@ def _gemm_rows(top: int) -> list[int]:
     return sorted(rows)
 
 
-def gemm_cases(dev: Device, quick: bool) -> Iterator[Case]:
+def gemm_cases(dev: Device, quick: bool, pool: int) -> Iterator[Case]:
+    """`pool`: the bytes each weight's copies span (working_set)."""
     if dev.kind == "cpu":
         dtypes = ["fp32"] if quick else ["fp32", "bf16"]
         shapes = [(256, 512), (512, 512), (1024, 1024), (2048, 512), (512, 2048)]
@@ -149,13 +179,12 @@ def gemm_cases(dev: Device, quick: bool) -> Iterator[Case]:
         if quick:
             shapes = shapes[:4]
         ms = _gemm_rows(16384)
-    llc = cache_bytes(dev.kind)
     for dtype in dtypes:
         for n, k in shapes:
             # a linear layer's weight, [n, k] as models keep it (the layout changes a CPU
             # GEMM's time by up to 2x)
             w = dev.tensor(n, k, dtype=dtype)
-            weights = _rotating(w, _nbytes(w), llc, partial(dev.tensor, n, k, dtype=dtype))
+            weights = _rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
             for m in ms:
                 a = dev.tensor(m, k, dtype=dtype)
                 yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
@@ -289,11 +318,11 @@ def linear_shapes(cfg: dict[str, Any]) -> list[tuple[int, int]]:
     return list(dict.fromkeys(shapes))
 
 
-def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str) -> Iterator[Case]:
-    llc = cache_bytes(dev.kind)
+def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str, pool: int,
+                     ) -> Iterator[Case]:
     for n, k in linear_shapes(cfg):
         w = dev.tensor(n, k, dtype=dtype)
-        weights = _rotating(w, _nbytes(w), llc, partial(dev.tensor, n, k, dtype=dtype))
+        weights = _rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
         for m in (m for m in _gemm_rows(top) if m <= top):
             a = dev.tensor(m, k, dtype=dtype)
             yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
@@ -343,11 +372,15 @@ def _masked_sdpa_op(heads: int, head_dim: int) -> str:
     return "aten::_scaled_dot_product_efficient_attention"
 
 
-def model_cases(dev: Device, cfg: dict[str, Any], top: int) -> dict[str, Iterator[Case]]:
+def model_cases(dev: Device, cfg: dict[str, Any], top: int, pool: int | None = None,
+                ) -> dict[str, Iterator[Case]]:
+    """`pool`: as gemm_cases' (default: the model's weights, working_set)."""
     dtype = "fp32" if dev.kind == "cpu" else "bf16"
     tokens = [2**i for i in range(top.bit_length()) if 2**i <= top]
     widths = [cfg["hidden_size"], cfg["intermediate_size"]]
-    return {"gemm": model_gemm_cases(dev, cfg, top, dtype),
+    if pool is None:
+        pool = working_set(dev.kind, weight_bytes(cfg, dtype))
+    return {"gemm": model_gemm_cases(dev, cfg, top, dtype, pool),
             "attention": packed_attention_cases(dev, cfg, top, dtype),
             "memory": memory_cases(dev, tokens, widths, vocab=cfg["vocab_size"])}
 
@@ -546,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
                     "instead of the generic grids")
     ap.add_argument("--max-tokens", type=int, default=512,
                     help="--model: the largest batch (tokens) to time (default 512)")
+    ap.add_argument("--working-set-mib", type=float,
+                    help="the served model's weights (MiB): a GEMM's weight copies span this "
+                    "much, capped at twice the last-level cache (default: the cap; with "
+                    "--model, that model's weights)")
     ap.add_argument("--specs", action="store_true",
                     help="print this device's spec entry (measured on a small grid) and exit")
     args = ap.parse_args(argv)
@@ -565,10 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(dev)
     families = set(args.families.split(","))
     quick = args.quick or args.specs
+    pool = None if args.working_set_mib is None else working_set(
+        dev.kind, int(args.working_set_mib * (1 << 20)))
     if args.model:
-        grids = model_cases(dev, _model_config(args.model), args.max_tokens)
+        grids = model_cases(dev, _model_config(args.model), args.max_tokens, pool)
     else:
-        grids = {"gemm": gemm_cases(dev, quick), "attention": attention_cases(dev, quick),
+        grids = {"gemm": gemm_cases(dev, quick, pool or working_set(dev.kind)),
+                 "attention": attention_cases(dev, quick),
                  "memory": memory_grid(dev, quick)}
     rows_by_family = {}
     for name, cases in grids.items():

@@ -64,6 +64,15 @@ def _say(msg: str) -> None:
 
 # -- profile and bundle (cached)
 
+def working_set_mib() -> float:
+    """The self-check model's weights (MiB): the CPU profile times GEMMs over that much, read
+    from the cache where it fits (Llama-tiny's 66 MiB fit the 260-300 MiB L3 of the hosts CI
+    runs on; timed from memory instead, a decode step came out 60% long)."""
+    from revati.predictors import profiler
+
+    return profiler.weight_bytes(workload.model_config(), "fp32") / (1 << 20)
+
+
 def profile_key(quick: bool) -> str:
     import torch
 
@@ -71,7 +80,7 @@ def profile_key(quick: bool) -> str:
 
     h = hashlib.sha256()
     for part in (profiler._cpu_name(), torch.__version__, str(THREADS), str(quick),
-                 Path(profiler.__file__).read_text()):
+                 f"{working_set_mib():.3f}", Path(profiler.__file__).read_text()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -88,7 +97,8 @@ def host_cpu_bundle(quick: bool = True) -> Path:
              f"-> {prof}")
         tmp = Path(tempfile.mkdtemp(prefix=".host-cpu-", dir=_mkdir(prof.parent)))
         cmd = [sys.executable, "-m", "revati.predictors.profiler", "--device", "cpu",
-               "--out", str(tmp), *(["--quick"] if quick else [])]
+               "--out", str(tmp), "--working-set-mib", f"{working_set_mib():.3f}",
+               *(["--quick"] if quick else [])]
         subprocess.run(cmd, check=True, env=_threads_env())
         os.replace(tmp, prof) if not prof.exists() else None
     root = skus.user_bundles_dir()
