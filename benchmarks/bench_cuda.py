@@ -5,6 +5,8 @@
       inference mode as serving code runs, with a link that only buffers launches as the
       session link does; and
       a free list sliced over and over (a view of a view of ...);
+  vLLM's state stand-ins (adapters/vllm/triton_kernels.py) for one decode step of 1 and 8
+      rows, on host-backed virtual tensors as the V2 model runner passes them; and
   decode steps per wall second of a Llama-3.1-8B-shaped 32-layer model, batch 8, eager and
       with the step captured once as a CUDA graph and replayed.
 
@@ -126,9 +128,41 @@ def hook_costs(reps: int) -> None:
              median_us(lambda: F.linear(cpu_x.to("meta"), cpu_w.to("meta")), reps)),
         ]
     rows.append(("free = free[2:], after 2,000 of them", free_list_us(2000)))
+    for n in (1, 8):
+        rows.append((f"vLLM state stand-ins, decode step, {n} rows", stand_ins_us(n, reps // 10)))
     print("hook cost per virtual op (median, cached signature)")
     for name, us in rows:
         print(f"  {name:42s} {us:8.2f} us")
+
+
+def stand_ins_us(rows: int, reps: int) -> float:
+    """Median wall time of the stand-ins a decode step of `rows` one-token rows runs (V2
+    model runner, no drafts, sampled ids read back), over 256 request slots."""
+    from revati.adapters.vllm import triton_kernels as k
+
+    slots, i32 = 256, torch.int32
+
+    def dev(values: Any, dtype: torch.dtype = i32) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device="cuda")
+
+    idx = dev(list(range(rows)))
+    qsl, cu = dev(list(range(rows + 1))), dev(list(range(rows + 1)))
+    done, prefill = dev([600] * slots), dev([512] * slots)
+    seq, pos = dev([0] * slots), dev([0] * 2048, torch.int64)
+    ids, last = dev([0] * 2048), dev([[7]] * slots, torch.int64)
+    logits_at, total = dev([0] * rows, torch.int64), dev([600] * slots)
+    sampled, n_sampled = dev([[3]] * rows, torch.int64), dev([1] * rows)
+    rejected = dev([0] * rows)
+
+    def step() -> None:
+        k._prepare_pos_seq_lens_kernel(pos, seq, idx, qsl, done, slots)
+        k._combine_sampled_and_draft_tokens_kernel(ids, idx, last, qsl, seq, prefill, None, 0,
+                                                   cu, logits_at)
+        k._get_num_sampled_and_rejected_kernel(n_sampled, rejected, seq, cu, idx, prefill)
+        k._post_update_kernel(idx, done, last, None, 0, sampled, 1, n_sampled, rejected, qsl,
+                              None, 0, total)
+
+    return median_us(step, reps)
 
 
 def free_list_us(slices: int) -> float:

@@ -30,6 +30,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from revati.adapters.cuda import ops
@@ -76,6 +77,7 @@ class VirtualTensor(torch.Tensor):
     _s: tuple[Any, ...]
     _n = 0  # how many `t[...]` deep it is (REROOT_DEPTH)
     _slices: dict[tuple[Any, ...], tuple[Any, ...]] | None = None  # a UVA view's (_uva_slice)
+    _np: tuple[torch.Tensor, np.ndarray] | None = None  # (_v, its numpy view): host_array
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -273,6 +275,19 @@ def host_limit(dtype: torch.dtype) -> int:
         floating = dtype.is_floating_point or dtype.is_complex
         limit = _limits[dtype] = S.host_float_bytes if floating else S.host_bytes
     return limit
+
+
+def host_array(t: VirtualTensor) -> np.ndarray:
+    """host_values(t) as a numpy array, made once per values view (host stand-ins of kernels
+    read a step's control tensors a few times a step, and `.numpy()` costs ~0.7 us)."""
+    hit = t._np
+    if hit is not None and hit[0] is t._v:
+        return hit[1]
+    values = host_values(t)
+    array = values.numpy()
+    if values is t._v:  # kept: oracle values of a small view of a large block are not
+        t._np = (values, array)
+    return array
 
 
 def host_values(t: VirtualTensor) -> torch.Tensor:

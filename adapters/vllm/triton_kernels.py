@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from revati.adapters.cuda.state import S
-from revati.adapters.cuda.tensor import VirtualTensor, emit, host_values
+from revati.adapters.cuda.tensor import VirtualTensor, emit, host_array
 from revati.predictors.launch import Family
 
 _MEMORY = int(Family.MEMORY)
@@ -36,14 +36,14 @@ def _values(t: Any) -> np.ndarray | None:
     """A writable numpy view of a tensor's values; None where no values are kept (a
     meta-backed virtual tensor, or no tensor)."""
     if type(t) is VirtualTensor:
-        return host_values(t).numpy() if t._a.host is not None else None
+        return host_array(t) if t._a.host is not None else None
     return None if t is None else t.numpy()
 
 
 def _read(t: Any) -> np.ndarray:
     """The values the host would read back: for a small meta-backed tensor the token
     oracle's, kept in the tensor so that the later read agrees."""
-    return (host_values(t) if type(t) is VirtualTensor else t).numpy()
+    return host_array(t) if type(t) is VirtualTensor else t.numpy()
 
 
 def _device(*tensors: Any) -> int:
@@ -71,14 +71,17 @@ def _stand_in(kernel: Callable[..., tuple[int, int, int]]) -> Callable[..., None
 def _lengths(starts: np.ndarray, n: int) -> np.ndarray:
     """Per-row lengths of the first `n` rows from cumulative offsets (query start locations,
     cumulative logits counts)."""
-    return np.diff(starts[: n + 1]).astype(np.int64)
+    return starts[1:n + 1] - starts[:n]
 
 
-def _spread(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For rows of `lengths` elements laid end to end: each element's row and its position
-    within that row (what a kernel's program id and block offset give it)."""
-    total = int(lengths.sum())
-    row = np.repeat(np.arange(len(lengths)), lengths)
+def _spread(lengths: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """For rows of `lengths` elements (`total` in all) laid end to end: each element's row
+    and its position within that row (what a kernel's program id and block offset give
+    it)."""
+    n = len(lengths)
+    if total == n and (lengths == 1).all():  # a decode step: one token a row
+        return np.arange(n), np.zeros(n, dtype=np.int64)
+    row = np.repeat(np.arange(n), lengths)
     return row, np.arange(total) - (np.cumsum(lengths) - lengths)[row]
 
 
@@ -148,7 +151,7 @@ def _prepare_pos_seq_lens_kernel(pos_ptr: Any, seq_lens_ptr: Any, idx_mapping_pt
         seq_lens[:n] = done + q
         seq_lens[n:max_num_reqs] = 0
     if pos is not None and total:
-        row, offset = _spread(q)
+        row, offset = _spread(q, total)
         pos[qsl[0]:qsl[0] + total] = done[row] + offset
     return dev, n * 16 + max_num_reqs * 4 + total * 8, max(total, max_num_reqs)
 
@@ -175,7 +178,7 @@ def _combine_sampled_and_draft_tokens_kernel(
     total = int(num_logits.sum())
     out = _values(logits_indices_ptr)
     if out is not None and total:
-        row, offset = _spread(num_logits)
+        row, offset = _spread(num_logits, total)
         out[cu[0]:cu[0] + total] = first[row] + offset
     ids, sl, pl = _values(input_ids_ptr), _values(seq_lens_ptr), _values(prefill_len_ptr)
     if ids is None or sl is None or pl is None:
@@ -235,8 +238,11 @@ def _post_update_kernel(idx_mapping_ptr: Any, num_computed_tokens_ptr: Any,
     if idx is None or ns is None:
         return dev, n * 64, n
     live = idx[:n] >= 0
-    rows, req = np.flatnonzero(live), idx[:n][live].astype(np.int64)
-    count = ns[:n][live].astype(np.int64)
+    if live.all():  # as in every step without a padded batch: no masks
+        rows, req, count = np.arange(n), idx[:n].astype(np.int64), ns[:n].astype(np.int64)
+    else:
+        rows = np.flatnonzero(live)
+        req, count = idx[:n][rows].astype(np.int64), ns[:n][rows].astype(np.int64)
     total_len = _values(total_len_ptr)
     written = int(count.sum())
     if written:
@@ -260,9 +266,9 @@ def _post_update_kernel(idx_mapping_ptr: Any, num_computed_tokens_ptr: Any,
     computed = _values(num_computed_tokens_ptr)
     if computed is not None:
         qsl = _values(query_start_loc_ptr)
-        q = _lengths(qsl, n)[live] if qsl is not None else 0
+        q = _lengths(qsl, n)[rows] if qsl is not None else 0
         rejected = _values(num_rejected_ptr)
-        computed[req] += q - (rejected[:n][live] if rejected is not None else 0)
+        computed[req] += q - (rejected[:n][rows] if rejected is not None else 0)
     return dev, n * 64 + written * 8, n
 
 
@@ -292,7 +298,7 @@ def _expand_idx_mapping_kernel(idx_mapping_ptr: Any, expanded_idx_mapping_ptr: A
         return dev, n * 16, n
     per_row = _lengths(cu, n)
     total = int(per_row.sum())
-    row, offset = _spread(per_row)
+    row, offset = _spread(per_row, total)
     if expanded is not None:
         expanded[cu[0]:cu[0] + total] = idx[row]
     if local is not None:

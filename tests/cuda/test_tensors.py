@@ -272,6 +272,24 @@ def test_a_uva_views_slice_is_made_once_per_geometry(vcuda: Any, link: Recording
         assert plain is not after and view[:8] is plain
 
 
+def test_host_array_is_made_once_per_values_view(vcuda: Any, link: RecordingLink) -> None:
+    """Host stand-ins of kernels read a step's control tensors as numpy arrays several times a
+    step: the same array while the tensor's values view stands, a new one that sees the new
+    values after an in-place change of its geometry."""
+    from revati.adapters.cuda.tensor import host_array
+
+    t = torch.zeros(8, dtype=torch.int32, device="cuda")
+    first = host_array(t)
+    assert host_array(t) is first
+    first[2] = 5  # a writable view of the values
+    assert t.tolist()[2] == 5
+    t.resize_(16)
+    after = host_array(t)
+    assert after is not first and after.shape == (16,)
+    t.fill_(3)
+    assert after.tolist() == [3] * 16 and host_array(t) is after
+
+
 def test_list_views_share_their_base(vcuda: Any, link: RecordingLink) -> None:
     """unbind/split/chunk return views (`Tensor(a)[]`): no new memory, values shared, and in
     inference mode a view of a normal tensor stays a normal tensor (autograd sets its version

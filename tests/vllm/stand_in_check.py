@@ -29,9 +29,11 @@ I32, I64 = torch.int32, torch.int64
 R, LEN, TOKENS, VOCAB = 12, 64, 96, 50  # state rows, max_model_len, max tokens, vocab
 
 
-def batch(rng: np.random.Generator, n: int, drafts: bool) -> dict[str, torch.Tensor]:
+def batch(rng: np.random.Generator, n: int, drafts: bool, decodes_only: bool = False,
+          ) -> dict[str, torch.Tensor]:
     """A step of `n` rows over R request slots: decodes, chunked prefills and last prefill
-    chunks, with up to 2 draft tokens per decode when `drafts`."""
+    chunks (only decodes when `decodes_only`), with up to 2 draft tokens per decode when
+    `drafts`."""
     idx = rng.permutation(R)[:n]
     prefill = np.zeros(R, np.int32)
     done = np.zeros(R, np.int32)
@@ -39,7 +41,7 @@ def batch(rng: np.random.Generator, n: int, drafts: bool) -> dict[str, torch.Ten
     logits = np.ones(n, np.int64)
     for b, r in enumerate(idx):
         prefill[r] = rng.integers(4, 20)
-        kind = rng.integers(3)
+        kind = 0 if decodes_only else rng.integers(3)
         if kind == 0:  # decoding, maybe with drafts
             done[r] = prefill[r] + rng.integers(0, 10)
             logits[b] = 1 + (rng.integers(0, 3) if drafts else 0)
@@ -138,6 +140,8 @@ def same(x: object, y: object) -> bool:
 def main() -> int:
     rng = np.random.default_rng(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     batches = [batch(rng, n, drafts) for n in (1, 3, 6, 9) for drafts in (False, True)]
+    # one token a row: the stand-ins' decode-step shortcuts
+    batches += [batch(rng, n, drafts=False, decodes_only=True) for n in (1, 4, 12)]
     reference = run(copy.deepcopy(batches))  # Triton's interpreter: the kernels themselves
 
     from revati.adapters import cuda
