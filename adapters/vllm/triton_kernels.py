@@ -11,6 +11,12 @@ say 0. The kernels that carry that state run here for real, in numpy on the host
 values (small control tensors and UVA views of host buffers, see revati.adapters.cuda), with
 the kernel's own semantics; outputs that are meta-backed (too large to keep) are skipped.
 
+A decode step's batches are small, and numpy's fixed cost per call (2-7 us in a serving
+process, whose caches the model's Python keeps cold) then outweighs the work: below
+ROW_LOOP_ROWS rows the four stand-ins of every step loop over rows in Python, one pass per row
+as the kernel's programs do, and past it they run vectorized. Both forms are checked against
+the kernels (tests/vllm/stand_in_check.py).
+
 Each stand-in launches one MEMORY event with the bytes its kernel touches. The catch-all
 would count every byte of every tensor passed, and these kernels are handed whole state
 tables ([max_num_reqs, max_model_len] token ids) of which they touch a row's few entries.
@@ -30,6 +36,7 @@ from revati.predictors.launch import Family
 
 _MEMORY = int(Family.MEMORY)
 _V2 = "vllm.v1.worker.gpu"
+ROW_LOOP_ROWS = 16  # up to this many rows, a per-row Python loop (see above)
 
 
 def _values(t: Any) -> np.ndarray | None:
@@ -144,15 +151,30 @@ def _prepare_pos_seq_lens_kernel(pos_ptr: Any, seq_lens_ptr: Any, idx_mapping_pt
     dev = _device(seq_lens_ptr)
     if idx is None or qsl is None or nc is None:
         return dev, n * 16 + max_num_reqs * 4, max_num_reqs
-    done = nc[idx[:n]].astype(np.int64)
-    q = _lengths(qsl, n)
-    total = int(q.sum())
+    if n <= ROW_LOOP_ROWS:
+        starts = qsl[:n + 1].tolist()
+        for b, r in enumerate(idx[:n].tolist()):
+            start, end, done = starts[b], starts[b + 1], int(nc[r])
+            if seq_lens is not None:
+                seq_lens[b] = done + end - start
+            if pos is None or end == start:
+                continue
+            if end - start == 1:
+                pos[start] = done
+            else:
+                pos[start:end] = np.arange(done, done + end - start)
+        total = starts[n] - starts[0]
+    else:
+        done = nc[idx[:n]].astype(np.int64)
+        q = _lengths(qsl, n)
+        total = int(q.sum())
+        if seq_lens is not None:
+            seq_lens[:n] = done + q
+        if pos is not None and total:
+            row, offset = _spread(q, total)
+            pos[qsl[0]:qsl[0] + total] = done[row] + offset
     if seq_lens is not None:
-        seq_lens[:n] = done + q
         seq_lens[n:max_num_reqs] = 0
-    if pos is not None and total:
-        row, offset = _spread(q, total)
-        pos[qsl[0]:qsl[0] + total] = done[row] + offset
     return dev, n * 16 + max_num_reqs * 4 + total * 8, max(total, max_num_reqs)
 
 
@@ -171,6 +193,11 @@ def _combine_sampled_and_draft_tokens_kernel(
     dev = _device(input_ids_ptr)
     if idx is None or qsl is None or cu is None:
         return dev, n * 32, n
+    if n <= ROW_LOOP_ROWS:
+        return dev, *_combine_rows(n, idx, qsl, cu, input_ids_ptr, last_sampled_tokens_ptr,
+                                   seq_lens_ptr, prefill_len_ptr, draft_tokens_ptr,
+                                   draft_tokens_stride, logits_indices_ptr,
+                                   NUM_NEW_SAMPLED_TOKENS)
     idx = idx[:n]
     num_logits = _lengths(cu, n)
     query_end = qsl[1: n + 1].astype(np.int64)
@@ -199,6 +226,38 @@ def _combine_sampled_and_draft_tokens_kernel(
     return dev, n * 32 + total * 16, n
 
 
+def _combine_rows(n: int, idx: np.ndarray, qsl: np.ndarray, cu: np.ndarray, input_ids: Any,
+                  last_sampled: Any, seq_lens: Any, prefill_len: Any, draft_tokens: Any,
+                  draft_stride: int, logits_indices: Any, new_sampled: int) -> tuple[int, int]:
+    """_combine_sampled_and_draft_tokens_kernel one row at a time: (bytes, elements)."""
+    ends, logit_starts = qsl[1:n + 1].tolist(), cu[:n + 1].tolist()
+    total = logit_starts[n] - logit_starts[0]
+    out = _values(logits_indices)
+    if out is not None:
+        for b in range(n):
+            at, num = logit_starts[b], logit_starts[b + 1] - logit_starts[b]
+            if num == 1:
+                out[at] = ends[b] - 1
+            elif num:
+                out[at:at + num] = np.arange(ends[b] - num, ends[b])
+    ids, sl, pl = _values(input_ids), _values(seq_lens), _values(prefill_len)
+    if ids is None or sl is None or pl is None:
+        return n * 32 + total * 8, n
+    last, drafts = _values(last_sampled), _values(draft_tokens)
+    for b, r in enumerate(idx[:n].tolist()):
+        prefill, seq_len = int(pl[r]), int(sl[b])
+        if seq_len <= prefill:
+            continue
+        num = logit_starts[b + 1] - logit_starts[b]
+        end = ends[b]
+        if new_sampled > 0 and last is not None and seq_len - num >= prefill:
+            ids[end - num] = last.reshape(-1)[r]
+        k = num - new_sampled
+        if drafts is not None and k > 0:
+            ids[end - k:end] = drafts.reshape(-1)[r * draft_stride:r * draft_stride + k]
+    return n * 32 + total * 16, n
+
+
 @_stand_in
 def _get_num_sampled_and_rejected_kernel(num_sampled_ptr: Any, num_rejected_ptr: Any,
                                          seq_lens_ptr: Any, cu_num_logits_ptr: Any,
@@ -212,6 +271,16 @@ def _get_num_sampled_and_rejected_kernel(num_sampled_ptr: Any, num_rejected_ptr:
                                              prefill_len_ptr))
     dev = _device(num_sampled_ptr)
     if sampled is None or sl is None or cu is None or idx is None or pl is None:
+        return dev, n * 24, n
+    if n <= ROW_LOOP_ROWS:
+        logit_starts = cu[:n + 1].tolist()
+        for b, r in enumerate(idx[:n].tolist()):
+            if sl[b] < pl[r]:
+                sampled[b] = 0
+                if rejected is not None:
+                    rejected[b] = 0
+            elif rejected is not None:
+                rejected[b] = logit_starts[b + 1] - logit_starts[b] - int(sampled[b])
         return dev, n * 24, n
     prefilling = sl[:n] < pl[idx[:n]]
     sampled[:n][prefilling] = 0
@@ -237,6 +306,11 @@ def _post_update_kernel(idx_mapping_ptr: Any, num_computed_tokens_ptr: Any,
     dev = _device(num_computed_tokens_ptr)
     if idx is None or ns is None:
         return dev, n * 64, n
+    if n <= ROW_LOOP_ROWS:
+        return dev, _post_update_rows(
+            n, idx, ns, num_computed_tokens_ptr, last_sampled_tokens_ptr,
+            output_bin_counts_ptr, sampled_tokens_ptr, num_rejected_ptr,
+            query_start_loc_ptr, all_token_ids_ptr, total_len_ptr), n
     live = idx[:n] >= 0
     if live.all():  # as in every step without a padded batch: no masks
         rows, req, count = np.arange(n), idx[:n].astype(np.int64), ns[:n].astype(np.int64)
@@ -270,6 +344,41 @@ def _post_update_kernel(idx_mapping_ptr: Any, num_computed_tokens_ptr: Any,
         rejected = _values(num_rejected_ptr)
         computed[req] += q - (rejected[:n][rows] if rejected is not None else 0)
     return dev, n * 64 + written * 8, n
+
+
+def _post_update_rows(n: int, idx: np.ndarray, ns: np.ndarray, num_computed_tokens: Any,
+                      last_sampled: Any, output_bin_counts: Any, sampled_tokens: Any,
+                      num_rejected: Any, query_start_loc: Any, all_token_ids: Any,
+                      total_len: Any) -> int:
+    """_post_update_kernel one row at a time: the bytes it touches."""
+    rows = [(b, r, int(ns[b])) for b, r in enumerate(idx[:n].tolist()) if r >= 0]
+    written = sum(count for _, _, count in rows)
+    if written:
+        sampled = _read(sampled_tokens)
+        sampled = sampled.reshape(sampled.shape[0], -1)
+        lengths, tokens = _values(total_len), _values(all_token_ids)
+        counts, last = _values(output_bin_counts), _values(last_sampled)
+        for b, r, count in rows:
+            if not count:
+                continue
+            ids = sampled[b, :count].tolist()
+            if lengths is not None:
+                base = int(lengths[r])
+                if tokens is not None:
+                    tokens[r, base:base + count] = ids
+                lengths[r] = base + count
+            if counts is not None:
+                for token in ids:
+                    counts[r, token] += 1
+            if last is not None:
+                last.reshape(-1)[r] = ids[-1]
+    computed = _values(num_computed_tokens)
+    if computed is not None:
+        qsl, rejected = _values(query_start_loc), _values(num_rejected)
+        for b, r, _ in rows:
+            q = int(qsl[b + 1] - qsl[b]) if qsl is not None else 0
+            computed[r] += q - (int(rejected[b]) if rejected is not None else 0)
+    return n * 64 + written * 8
 
 
 @_stand_in

@@ -1,9 +1,10 @@
 """Revati's stand-ins for vLLM's state-carrying Triton kernels against the kernels themselves.
 
 Run as a script (tests/vllm/test_triton_stand_ins.py does): vLLM's own launch wrappers run
-each kernel twice on the same seeded batches, first through Triton's interpreter (the real
-kernel, on CPU tensors: TRITON_INTERPRET must be set before Triton is imported, hence a
-process of its own), then after Revati's overrides are registered; every tensor must agree.
+each kernel on the same seeded batches, first through Triton's interpreter (the real kernel,
+on CPU tensors: TRITON_INTERPRET must be set before Triton is imported, hence a process of its
+own), then after Revati's overrides are registered, once vectorized and once one row at a
+time (triton_kernels.ROW_LOOP_ROWS); every tensor must agree.
 Prints one `ok NAME` line per kernel.
 """
 
@@ -151,16 +152,19 @@ def main() -> int:
     link = RecordingLink()
     cuda.install("h100", 1, link=link)
     triton_kernels.register()
-    revati = run(copy.deepcopy(batches))
     failed = 0
-    for ref, got in zip(reference, revati, strict=True):
-        if not (same(ref["out"], got["out"]) and same(ref["state"], got["state"])):
-            failed += 1
-            print(f"MISMATCH {ref['name']}", file=sys.stderr)
-            for key, value in ref["state"].items():
-                if not torch.equal(value, got["state"][key]):
-                    print(f"  {key}: kernel {value.tolist()}", file=sys.stderr)
-                    print(f"  {key}: revati {got['state'][key].tolist()}", file=sys.stderr)
+    # every batch through both forms of the stand-ins: vectorized, and one row at a time
+    for form, rows in (("vectorized", 0), ("per-row", 1 << 30)):
+        triton_kernels.ROW_LOOP_ROWS = rows
+        revati = run(copy.deepcopy(batches))
+        for ref, got in zip(reference, revati, strict=True):
+            if not (same(ref["out"], got["out"]) and same(ref["state"], got["state"])):
+                failed += 1
+                print(f"MISMATCH {ref['name']} ({form})", file=sys.stderr)
+                for key, value in ref["state"].items():
+                    if not torch.equal(value, got["state"][key]):
+                        print(f"  {key}: kernel {value.tolist()}", file=sys.stderr)
+                        print(f"  {key}: revati {got['state'][key].tolist()}", file=sys.stderr)
     names = dict.fromkeys(r["name"] for r in reference)
     launched = {e.op for e in link.launches}
     for name in names:
