@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from revati.adapters.gpu_link import GpuLink
 
 __all__ = ["DEFAULT_CONTEXT_BYTES", "DEFAULT_HOST_BYTES", "DEFAULT_HOST_FLOAT_BYTES",
-           "TokenOracle", "install", "is_installed", "launch", "set_oracle",
+           "TokenOracle", "install", "is_installed", "keep_slices", "launch", "set_oracle",
            "uva_view"]
 
 DEFAULT_HOST_BYTES = 1 << 20
@@ -174,6 +174,18 @@ def uva_view(cpu_tensor: torch.Tensor, device: int | None = None) -> torch.Tenso
     from revati.adapters.cuda.tensor import uva_view as view
 
     return view(cpu_tensor, THREAD.device if device is None else device)
+
+
+def keep_slices(tensor: torch.Tensor) -> None:
+    """Mark a persistent virtual `cuda` buffer that serving code slices to each step's batch
+    size: `tensor[a:b]` then hands out the same view again while neither changed shape in
+    place. Only for buffers that live as long as the engine (a kept view holds its base).
+    Other tensors are left as they are."""
+    from revati.adapters.cuda.tensor import VirtualTensor
+    from revati.adapters.cuda.tensor import keep_slices as keep
+
+    if type(tensor) is VirtualTensor:
+        keep(tensor)
 
 
 def launch(family: int, op: str, dtype: str, feats: tuple[int, ...],

@@ -55,7 +55,7 @@ REROOT_DEPTH = 8
 _META = torch.device("meta")
 _CPU = torch.device("cpu")
 CACHE_LIMIT = 1 << 16
-UVA_SLICES = 64  # slices kept per UVA view (one per batch size seen, as a rule)
+KEPT_SLICES = 64  # slices kept per buffer (one per batch size seen, as a rule): keep_slices
 
 FRESH, VIEW, WRITE = 0, 1, 2
 # Plain ints in events: they are packed into msgpack frames as they are.
@@ -76,7 +76,7 @@ class VirtualTensor(torch.Tensor):
     _d: int
     _s: tuple[Any, ...]
     _n = 0  # how many `t[...]` deep it is (REROOT_DEPTH)
-    _slices: dict[tuple[Any, ...], tuple[Any, ...]] | None = None  # a UVA view's (_uva_slice)
+    _slices: dict[tuple[Any, ...], tuple[Any, ...]] | None = None  # keep_slices
     _np: tuple[torch.Tensor, np.ndarray] | None = None  # (_v, its numpy view): host_array
 
     __torch_function__ = torch._C._disabled_torch_function_impl
@@ -103,7 +103,7 @@ class VirtualTensor(torch.Tensor):
         if type(index) in _BASIC_INDEX and not _grad_enabled():
             slices = self._slices
             out = (_basic_index(self, index) if slices is None or type(index) is not slice
-                   else _uva_slice(self, slices, index))
+                   else _kept_slice(self, slices, index))
             if out is not None:
                 return out
         src = self if self._n < REROOT_DEPTH else _rerooted(self)
@@ -193,20 +193,27 @@ def _basic_view(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> Virtu
     return _view(new_size, new_stride, offset, dtype, t, None)
 
 
-def _uva_slice(t: VirtualTensor, slices: dict[tuple[Any, ...], tuple[Any, ...]],
-               index: slice) -> VirtualTensor | None:
-    """`t[a:b]` of a UVA view (`slices`: its kept ones), the same view each time: a serving
-    engine slices its host-mapped input buffers to the batch size at every step (vLLM's
-    `UvaBuffer.uva(n)`, ~16 a decode step). Kept while the view and `t` have the geometry
-    they had (an in-place metadata change of either goes through `resize`, which gives it a
-    new `_s`). None where _basic_index gives none."""
+def keep_slices(t: VirtualTensor) -> None:
+    """Hand out the same view for each `t[a:b]` of `t` from now on: for the persistent buffers
+    a serving engine slices to the batch size at every step (vLLM's UVA input buffers,
+    `UvaBuffer.uva(n)`, ~16 a decode step, and its device-side input buffers), where a view
+    costs 5-10 us and a kept one a dict lookup. Only for tensors that live as long as their
+    engine: a kept view holds its base, and the base the view."""
+    t._slices = {}
+
+
+def _kept_slice(t: VirtualTensor, slices: dict[tuple[Any, ...], tuple[Any, ...]],
+                index: slice) -> VirtualTensor | None:
+    """`t[a:b]` of a buffer with kept slices (keep_slices), the same view each time, while
+    the view and `t` have the geometry they had (an in-place metadata change of either goes
+    through `resize`, which gives it a new `_s`). None where _basic_index gives none."""
     key = (index.start, index.stop, index.step, _inference_enabled())
     hit = slices.get(key)
     if hit is not None and hit[1] is t._s and hit[0]._s is hit[2]:
         return hit[0]
     out = _basic_index(t, index)
     if out is not None:
-        if len(slices) >= UVA_SLICES:
+        if len(slices) >= KEPT_SLICES:
             slices.clear()
         slices[key] = (out, t._s, out._s)
     return out
@@ -258,7 +265,7 @@ def uva_view(cpu: torch.Tensor, dev: int) -> VirtualTensor:
         raise ValueError(f"a UVA view needs a CPU tensor, not one on {cpu.device}")
     t = _wrap(cpu.shape, cpu.stride(), cpu.storage_offset(), cpu.dtype, dev,
               Allocation.mapped(cpu.untyped_storage(), "uva"), cpu)
-    t._slices = {}
+    keep_slices(t)
     return t
 
 

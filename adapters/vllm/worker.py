@@ -10,9 +10,11 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import torch
 from vllm.v1.worker import gpu_worker
 from vllm.v1.worker.gpu_worker import Worker
 
+from revati.adapters import cuda
 from revati.adapters.vllm import custom_ops, forward_templates
 
 
@@ -37,4 +39,15 @@ class RevatiWorker(Worker):
         times = super().compile_or_warm_up_model()
         # After profiling and capture: the activation peak is the real eager forward's.
         self.forward_templates = forward_templates.install(self.model_runner.get_model())
+        keep_input_slices(self.model_runner)
         return times
+
+
+def keep_input_slices(model_runner: Any) -> None:
+    """The V2 runner's input buffers (input ids, positions, query start locations, sequence
+    lengths, padding flags) are sliced to the batch at every step, ~7 views a decode step:
+    each slice is kept (revati.adapters.cuda.keep_slices)."""
+    buffers = getattr(model_runner, "input_buffers", None)
+    for value in vars(buffers).values() if buffers is not None else ():
+        if isinstance(value, torch.Tensor):
+            cuda.keep_slices(value)

@@ -272,6 +272,27 @@ def test_a_uva_views_slice_is_made_once_per_geometry(vcuda: Any, link: Recording
         assert plain is not after and view[:8] is plain
 
 
+def test_a_kept_buffers_slices_are_made_once_per_geometry(vcuda: Any,
+                                                          link: RecordingLink) -> None:
+    """A device buffer marked with keep_slices (vLLM's input buffers) hands out the same slice
+    of it, with live values, until the buffer is reallocated in place; unmarked tensors and
+    non-virtual ones are left alone."""
+    from revati.adapters import cuda
+
+    buf = torch.zeros(32, dtype=torch.int32, device="cuda")
+    other = torch.zeros(32, dtype=torch.int32, device="cuda")
+    cuda.keep_slices(buf)
+    cuda.keep_slices(torch.zeros(4))  # a CPU tensor: nothing to keep
+    with torch.inference_mode():
+        a = buf[:4]
+        assert buf[:4] is a and other[:4] is not other[:4]
+        buf[:4] = torch.arange(4, dtype=torch.int32, device="cuda")
+        assert a.tolist() == [0, 1, 2, 3]
+        buf.set_(torch.ones(64, dtype=torch.int32, device="cuda"))  # a new allocation
+        b = buf[:4]
+        assert b is not a and b.tolist() == [1, 1, 1, 1]
+
+
 def test_host_array_is_made_once_per_values_view(vcuda: Any, link: RecordingLink) -> None:
     """Host stand-ins of kernels read a step's control tensors as numpy arrays several times a
     step: the same array while the tensor's values view stands, a new one that sees the new
