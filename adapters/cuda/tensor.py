@@ -27,6 +27,7 @@ path of ops that do not create tensors.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -827,14 +828,11 @@ def _to_copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]
         with link.op_freeze():
             emit(link, t._d, _HOST_COPY, "aten::_to_copy", ops.dtype_name(t.dtype),
                  (ops.tensor_bytes(t), _D2H))
-        if not non_blocking:  # a non-blocking copy to the host lands in pinned memory
-            sync_current(link, t._d, "copy to host")
+            if non_blocking:  # lands in pinned memory, with no wait: one freeze for all
+                return mark_pinned(_host_copy(func, t, kwargs))
+        sync_current(link, t._d, "copy to host")
         with link.freeze():
-            hkw = {k: v for k, v in kwargs.items() if k not in ("non_blocking", "pin_memory")}
-            out = func(host_values(t), **hkw)
-            if non_blocking:
-                mark_pinned(out)
-            return out
+            return _host_copy(func, t, kwargs)
     target = t._d if device is None else S.device_index(device)
     if target == t._d:
         with link.op_freeze():
@@ -847,6 +845,28 @@ def _to_copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]
         if out._a.host is not None:
             host_values(out).copy_(host_values(t))
         return out
+
+
+def _host_copy(func: Any, t: VirtualTensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """`t`'s values copied into a new CPU tensor by `_to_copy` itself (dtype, memory
+    format)."""
+    return func(host_values(t), **{k: v for k, v in kwargs.items()
+                                   if k not in ("non_blocking", "pin_memory")})
+
+
+def _to(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """`t.to(device="cpu", ...)` goes straight to _to_copy's handler: the composite `to`
+    would come back through the Python dispatcher for it (~5 us more, counted as program
+    time). Every other `to` is the composite's (which returns `t` itself where nothing
+    changes)."""
+    device = kwargs.get("device")
+    if len(args) == 1 and device is not None and torch.device(device).type == "cpu":
+        copy_kwargs = {k: v for k, v in kwargs.items() if k != "copy"}
+        return _to_copy(_TO_COPY, info_of(_TO_COPY), args, copy_kwargs)
+    return func.decompose(*args, **kwargs)
+
+
+_TO_COPY = torch.ops.aten._to_copy.default
 
 
 def _contiguous_strides(size: Sequence[int]) -> list[int]:
@@ -909,6 +929,7 @@ _HANDLERS: dict[str, Callable[..., Any]] = {
     "aten::is_nonzero": _read,
     "aten::copy_": _copy,
     "aten::_to_copy": _to_copy,
+    "aten::to": _to,
     "aten::_fused_sdp_choice": _sdp_choice,
     "aten::set_": _set,
     "aten::resize_": _resize,
@@ -935,8 +956,6 @@ _pinned: dict[int, int] = {}
 
 
 def mark_pinned(t: torch.Tensor) -> torch.Tensor:
-    import weakref
-
     ptr = t.untyped_storage().data_ptr()
     if ptr:
         _pinned[ptr] = _pinned.get(ptr, 0) + 1

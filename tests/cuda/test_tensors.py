@@ -140,8 +140,17 @@ def test_reads_wait_for_the_stream(vcuda: Any, link: RecordingLink) -> None:
     assert pinned.is_pinned()
     n = len(link.syncs)
     pinned.copy_(small, non_blocking=True)  # async into pinned memory: no wait
-    small.to("cpu", non_blocking=True)
+    landed = small.to("cpu", non_blocking=True)
     assert len(link.syncs) == n
+    assert landed.is_pinned() and landed.tolist() == [4.0] * 8
+    landed.fill_(0)  # its own memory
+    assert small.tolist() == [4.0] * 8
+    n = len(link.syncs)
+    as_double = small.to("cpu", torch.float64)
+    assert as_double.dtype == torch.float64 and as_double.tolist() == [4.0] * 8
+    assert not as_double.is_pinned() and len(link.syncs) == n + 1  # blocking: waits
+    assert small.to(small.device) is small and small.to(torch.float32) is small
+    assert is_virtual(small.to(torch.float16), "cuda:0")
     copies = [e for e in link.launches if e.family == Family.HOST_COPY]
     assert copies[-1].feats == (32, CopyDirection.D2H)
     assert pinned.tolist() == [4.0] * 8
