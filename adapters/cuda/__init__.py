@@ -180,7 +180,7 @@ def keep_slices(tensor: torch.Tensor) -> None:
     """Mark a persistent virtual `cuda` buffer that serving code slices to each step's batch
     size: `tensor[a:b]` then hands out the same view again while neither changed shape in
     place. Only for buffers that live as long as the engine (a kept view holds its base).
-    Other tensors are left as they are."""
+    Anything else (CPU tensors, None) is left as it is."""
     from revati.adapters.cuda.tensor import VirtualTensor
     from revati.adapters.cuda.tensor import keep_slices as keep
 

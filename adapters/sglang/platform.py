@@ -54,12 +54,11 @@ class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
         return torch.device("cuda", local_rank)
 
     def get_graph_runner_cls(self) -> type:
-        # SGLang's own CUDA decode-graph runner: its torch.cuda.CUDAGraph is Revati's virtual one
-        from sglang.srt.model_executor.runner.decode_cuda_graph_runner import (
-            DecodeCudaGraphRunner,
-        )
+        # SGLang's own CUDA decode-graph runner (its torch.cuda.CUDAGraph is Revati's virtual
+        # one), with its input buffers' slices kept
+        from revati.adapters.sglang.graph_runner import RevatiDecodeGraphRunner
 
-        return DecodeCudaGraphRunner
+        return RevatiDecodeGraphRunner
 
     def apply_server_args_defaults(self, server_args: Any) -> None:
         for name, value in SERVER_DEFAULTS.items():

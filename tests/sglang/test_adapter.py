@@ -50,7 +50,35 @@ def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
     assert args.cuda_graph_config.decode.backend == "full"
     assert args.cuda_graph_config.prefill.backend == "disabled"
     assert p.capabilities.graph_capture
-    assert p.get_graph_runner_cls().__name__ == "DecodeCudaGraphRunner"
+    from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner
+
+    assert issubclass(p.get_graph_runner_cls(), DecodeCudaGraphRunner)
+
+
+def test_the_decode_graph_runners_input_buffers_keep_their_slices(vcuda: Any) -> None:
+    """Each replay slices the runner's buffers to the batch: the same view every time, for the
+    buffers dataclass's fields and the registry's slots alike."""
+    import dataclasses
+
+    import torch
+
+    from revati.adapters.sglang.graph_runner import keep_buffer_slices
+
+    @dataclasses.dataclass
+    class Buffers:
+        input_ids: Any
+        seq_lens_cpu: Any
+        aux_hidden_states: Any = None
+
+    ids = torch.zeros(64, dtype=torch.int64, device="cuda")
+    positions = torch.zeros(64, dtype=torch.int64, device="cuda")
+    runner = SimpleNamespace(
+        buffers=Buffers(ids, torch.zeros(64, dtype=torch.int32)),
+        buffer_registry=SimpleNamespace(_slots={"positions": SimpleNamespace(buffer=positions)}))
+    with torch.inference_mode():
+        assert ids[:8] is not ids[:8]
+        keep_buffer_slices(runner)
+        assert ids[:8] is ids[:8] and positions[:4] is positions[:4]
 
 
 class _Mode:
