@@ -124,13 +124,8 @@ def working_set(kind: str, weights: int | None = None) -> int:
 def weight_bytes(cfg: dict[str, Any], dtype: str) -> int:
     """The bytes of a Llama-style model's weights (linear layers, embedding and LM head;
     norms are too small to count)."""
-    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    heads = cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or hidden // heads
-    kv = cfg.get("num_key_value_heads") or heads
-    # q and o, k and v, gate, up and down
-    per_layer = 2 * heads * head_dim * hidden + 2 * kv * head_dim * hidden + 3 * inter * hidden
-    vocab = cfg["vocab_size"] * hidden
+    per_layer = sum(n * k for n, k in _layer_linears(cfg))
+    vocab = cfg["vocab_size"] * cfg["hidden_size"]
     params = cfg["num_hidden_layers"] * per_layer + vocab * (
         1 if cfg.get("tie_word_embeddings") else 2)
     return params * DTYPE_BYTES[dtype]
@@ -306,16 +301,20 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
 
 # -- one model's shapes (--model)
 
-def linear_shapes(cfg: dict[str, Any]) -> list[tuple[int, int]]:
-    """The (n, k) weights of a Llama-style model's linear layers, each once."""
+def _layer_linears(cfg: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (n, k) weights of one Llama-style decoder layer: q, k, v, o, gate, up, down."""
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or \
         cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or hidden // heads
-    shapes = [(heads * head_dim, hidden), (kv_heads * head_dim, hidden),
-              (hidden, heads * head_dim), (inter, hidden), (hidden, inter),
-              (cfg["vocab_size"], hidden)]
-    return list(dict.fromkeys(shapes))
+    q, kv = (heads * head_dim, hidden), (kv_heads * head_dim, hidden)
+    return [q, kv, kv, (hidden, heads * head_dim), (inter, hidden), (inter, hidden),
+            (hidden, inter)]
+
+
+def linear_shapes(cfg: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (n, k) weights of a Llama-style model's linear layers, each once."""
+    return list(dict.fromkeys([*_layer_linears(cfg), (cfg["vocab_size"], cfg["hidden_size"])]))
 
 
 def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str, pool: int,
