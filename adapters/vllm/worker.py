@@ -10,7 +10,6 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import torch
 from vllm.v1.worker import gpu_worker
 from vllm.v1.worker.gpu_worker import Worker
 
@@ -49,5 +48,4 @@ def keep_input_slices(model_runner: Any) -> None:
     each slice is kept (revati.adapters.cuda.keep_slices)."""
     buffers = getattr(model_runner, "input_buffers", None)
     for value in vars(buffers).values() if buffers is not None else ():
-        if isinstance(value, torch.Tensor):
-            cuda.keep_slices(value)
+        cuda.keep_slices(value)  # its other attributes (sizes, the device) are left alone
