@@ -122,3 +122,65 @@ def test_a_model_that_fits_the_cache_has_its_gemms_timed_from_the_cache(
         fn()
     copies = len(seen)
     assert copies == -(-min(tiny_bytes, 2 * llc) // (n * k * 4))
+
+
+def test_memory_op_inputs_rotate_through_the_pool_on_a_cpu() -> None:
+    """Each call of a memory op reads the next inputs of an arena spanning the pool: an input
+    read again at once would sit in the core's own caches, where a forward pass does not leave
+    it (a [128, 512] add 7.7 us so, 28-31 us inside the self-check's model)."""
+    from revati.predictors import profiler
+
+    pool = 8 << 20
+    cases = profiler.memory_cases(profiler.Device("cpu", repeats=1), [64], [512], vocab=64,
+                                  pool=pool)
+    family, op, dtype, (nbytes, elems), fn = next(cases)
+    assert (family, op, dtype, elems) == (Family.MEMORY, "aten::add", "fp32", 64 * 512)
+    assert nbytes == 3 * 64 * 512 * 4
+    pairs = pool // (2 * 64 * 512 * 4)  # (x, y) groups the arena holds
+    sums = [float(fn().sum()) for _ in range(pairs + 1)]
+    assert len(set(sums[:pairs])) == pairs  # every group other inputs
+    assert sums[pairs] == sums[0]  # then the cycle again
+    # a GPU's are not rotated: the same inputs every call
+    gpu_like = profiler.memory_cases(profiler.Device("cpu", repeats=1), [64], [512], vocab=64)
+    fn = next(gpu_like)[4]
+    assert float(fn().sum()) == float(fn().sum())
+
+
+class _FixedTimes:
+    """A Device whose n-th timed case takes per_pass[n] ns (twice): one case, one per pass."""
+
+    kind = "cpu"
+
+    def __init__(self, per_pass: list[float]) -> None:
+        self.per_pass, self.calls = per_pass, 0
+
+    def time_ns(self, fn: Any) -> list[float]:
+        t = self.per_pass[min(self.calls, len(self.per_pass) - 1)]
+        self.calls += 1
+        return [t, t]
+
+
+def test_passes_pool_each_cases_times_and_a_cpu_keeps_them_beyond_the_call_floor() -> None:
+    """Every pass times every case; a case's row pools its times of all passes (a drift in
+    one pass moves its median less); on a CPU the time of a call of the same op on
+    one-element tensors (which the host pays in an emulated run already) is taken off."""
+    from revati.predictors import profiler
+
+    def grids() -> dict[str, Any]:
+        return {"memory": iter([(Family.MEMORY, "aten::add", "fp32", (12, 1), lambda: None)]),
+                "gemm": iter([(Family.GEMM, "aten::linear", "fp32", (1, 2, 2, 1), None)])}
+
+    dev = _FixedTimes([100_000.0, 500_000.0, 900_000.0])
+    rows = profiler.measure(dev, grids, {"memory"}, {"env": "x"}, passes=3)
+    assert list(rows) == ["memory"] and dev.calls == 3  # gemm not asked for: not timed
+    (row,) = rows["memory"]
+    floor = profiler.cpu_call_floor_ns("aten::add")
+    assert 0 < floor < 100_000
+    assert row["repeats"] == 6 and row["env"] == "x"
+    assert row["median_ns"] == round(500_000 - floor)
+    assert row["p10_ns"] == round(100_000 - floor)
+    # an op without a floor call keeps its times; none goes below a tenth of its call
+    assert profiler.cpu_call_floor_ns("aten::unknown_op") == 0.0
+    tiny = profiler.measure(_FixedTimes([floor / 2]), lambda: {"memory": iter(
+        [(Family.MEMORY, "aten::add", "fp32", (12, 1), None)])}, {"memory"}, {})
+    assert tiny["memory"][0]["median_ns"] == round(floor / 2 * profiler.MIN_BEYOND_FLOOR)
