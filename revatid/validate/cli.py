@@ -3,10 +3,12 @@
     revatictl validate --self [--size small|full] [--json FILE] [--png FILE]
     revatictl validate --from DIR [--json FILE] [--png FILE]
 
---self (no GPU): profile this CPU's kernels with the project's profiler (one torch thread,
-cached), build the `host-cpu` bundle from that profile (cached, in this machine's bundle folder,
-`revati.predictors.skus.user_bundles_dir()`), run the workload (workload.py) for real on the
-CPU, run it under Revati on a virtual `host-cpu` device, and compare per-request metrics.
+--self (no GPU): run the workload (workload.py) for real on this CPU; profile this CPU's
+kernels at the workload model's shapes with the project's profiler (one torch thread), build
+the `host-cpu` bundle from that profile (in this machine's bundle folder,
+`revati.predictors.skus.user_bundles_dir()`), run the workload under Revati on a virtual
+`host-cpu` device, and compare per-request metrics. With --repeats, each emulated run gets a
+fresh profile taken just before it.
 
 --from DIR: a folder written on a GPU machine by `python -m revati.revatid.validate.gpu_run`
 (real.json, profile/, provenance.json): build the SKU's bundle from that profile (plus the
@@ -22,7 +24,6 @@ within 5% and every p99 within 10%).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -37,12 +38,12 @@ from revati.revatid.validate import kernels, metrics, plot, workload
 SELF_BOUNDS = {"ttft_p50_ms": 10.0, "tpot_p50_ms": 10.0, "e2e_p50_ms": 10.0}
 GPU_BOUNDS = {f"{m}_p{p}_ms": b for m in metrics.LATENCIES for p, b in ((50, 5.0), (99, 10.0))}
 THREADS = 1  # torch threads in the real CPU run and in the CPU profile
-
-
-def cache_dir() -> Path:
-    from revati.adapters.models import cache_root
-
-    return cache_root() / "validate"
+# glibc's malloc for the real CPU run and the CPU profile: keep freed memory, as a GPU's caching
+# allocator does. By default it unmaps large frees and trims the heap, and the next step faults
+# the pages back in: 2,000-2,700 page faults a 128-token prefill of the self-check's model on a
+# Xeon VM (the step 31-35 ms against 28-29 ms without; its silu 284 us against 129 us), a cost
+# of the host's allocator that no kernel profile sees and a virtual device does not have.
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -54,64 +55,61 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _threads_env() -> dict[str, str]:
-    return _clean_env(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+def _cpu_env() -> dict[str, str]:
+    """The environment of the real CPU run and of the CPU profile: their thread count, and
+    glibc's malloc keeping freed memory (KEEP_FREED_MEMORY)."""
+    tunables = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), KEEP_FREED_MEMORY)))
+    return _clean_env(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
+                      GLIBC_TUNABLES=tunables)
 
 
 def _say(msg: str) -> None:
     print(f"validate: {msg}", file=sys.stderr, flush=True)
 
 
-# -- profile and bundle (cached)
+# -- profile and bundle
 
-def working_set_mib() -> float:
-    """The self-check model's weights (MiB): the CPU profile times GEMMs over that much, read
-    from the cache where it fits (Llama-tiny's 66 MiB fit the 260-300 MiB L3 of the hosts CI
-    runs on; timed from memory instead, a decode step came out 60% long)."""
-    from revati.predictors import profiler
-
-    return profiler.weight_bytes(workload.model_config(), "fp32") / (1 << 20)
+PROFILE_PASSES = 5  # the CPU profile's passes over its grid (its times pooled, per shape)
 
 
-def profile_key(quick: bool) -> str:
-    import torch
+def profile_cmd(out: Path) -> list[str]:
+    """The CPU profile of the self-check: the shapes its model runs (`--model`: every linear
+    layer at every batch size to the serving's batch token limit, the masked packed attention
+    of `paged|sdpa`, the memory ops at its widths), as the real-GPU check profiles its model.
+    The generic grid has no masked attention: its causal rows, fitted with half the score
+    pairs of a masked one, made a 128-token prefill's attention 630 us a layer against 270 us
+    measured (on a CPU the flash kernel costs as much causal as masked). The GEMMs' weight
+    copies span the model's weights (the profiler's default with --model), so that they come
+    from the cache where the model fits in it (Llama-tiny's 66 MiB in the 260-300 MiB L3 of
+    the hosts CI runs on; timed from memory instead, a decode step came out 60% long)."""
+    return [sys.executable, "-m", "revati.predictors.profiler", "--device", "cpu",
+            "--model", workload.MODEL, "--max-tokens", str(workload.Serving().max_batch_tokens),
+            "--passes", str(PROFILE_PASSES), "--out", str(out)]
 
-    from revati.predictors import profiler
 
-    h = hashlib.sha256()
-    for part in (profiler._cpu_name(), torch.__version__, str(THREADS), str(quick),
-                 f"{working_set_mib():.3f}", Path(profiler.__file__).read_text()):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:16]
+def _quiet(cmd: list[str], env: dict[str, str]) -> None:
+    """Run `cmd`, showing its output only when it fails."""
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"validate: {' '.join(cmd[:4])} ... failed ({done.returncode})")
 
 
-def host_cpu_bundle(quick: bool = True) -> Path:
-    """Profile this CPU (cached by CPU, torch version, threads and profiler source) and build
-    the host-cpu bundle from it (rebuilt when the profile changes). Returns the bundle folder."""
+def host_cpu_bundle(work: Path) -> Path:
+    """Profile this CPU into `work` and build the host-cpu bundle from that profile in this
+    machine's bundle folder (where `revatictl run --gpu host-cpu` finds it). Returns the bundle
+    folder. A profile holds only for runs taken next to it: the hosts' speed drifts (1-row
+    GEMMs 15% slower two minutes apart), so --self profiles again before each emulated run."""
     from revati.predictors import skus
 
-    key = profile_key(quick)
-    prof = cache_dir() / "profiles" / f"host-cpu-{key}"
-    if not (prof / "spec.json").is_file():
-        _say(f"profiling this CPU ({'quick' if quick else 'full'} grid, {THREADS} thread) "
-             f"-> {prof}")
-        tmp = Path(tempfile.mkdtemp(prefix=".host-cpu-", dir=_mkdir(prof.parent)))
-        cmd = [sys.executable, "-m", "revati.predictors.profiler", "--device", "cpu",
-               "--out", str(tmp), "--working-set-mib", f"{working_set_mib():.3f}",
-               *(["--quick"] if quick else [])]
-        subprocess.run(cmd, check=True, env=_threads_env())
-        os.replace(tmp, prof) if not prof.exists() else None
+    prof = work / "profile"
+    _say(f"profiling this CPU ({workload.MODEL}'s shapes, {THREADS} thread)")
+    _quiet(profile_cmd(prof), _cpu_env())
     root = skus.user_bundles_dir()
-    bundle = root / "host-cpu"
-    marker = bundle / "profile.key"
-    if not (bundle / "bundle.json").is_file() or not marker.is_file() or \
-            marker.read_text().strip() != key:
-        _say(f"building the host-cpu bundle -> {bundle}")
-        subprocess.run([sys.executable, "-m", "revati.predictors", "train", "--sku", "host-cpu",
-                        "--profile", str(prof), "--out", str(root)], check=True,
-                       env=_clean_env(), stdout=sys.stderr)
-        marker.write_text(key + "\n")
-    return bundle
+    _say(f"building the host-cpu bundle -> {root / 'host-cpu'}")
+    _quiet([sys.executable, "-m", "revati.predictors", "train", "--sku", "host-cpu",
+            "--profile", str(prof), "--out", str(root)], _clean_env())
+    return root / "host-cpu"
 
 
 def _write_json(path: Path, value: Any) -> str:
@@ -131,7 +129,7 @@ def run_real(size: str, out: Path) -> float:
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "revati.revatid.validate.workload", "--device", "cpu",
                     "--size", size, "--threads", str(THREADS), "--out", str(out)], check=True,
-                   env=_threads_env())
+                   env=_cpu_env())
     return time.monotonic() - t0
 
 
@@ -218,7 +216,6 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
 
 
 def cmd_self(args: argparse.Namespace) -> int:
-    bundle = host_cpu_bundle(quick=not args.full_profile)
     reals, emus, real_walls, emu_walls = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
         for i in range(args.repeats):
@@ -229,13 +226,15 @@ def cmd_self(args: argparse.Namespace) -> int:
                     _say(f"real run on this CPU ({args.size}, {i + 1}/{args.repeats})")
                     real_walls.append(run_real(args.size, real_path))
                 else:
+                    bundle = host_cpu_bundle(_mkdir(Path(tmp) / f"profile{i}"))
                     _say(f"emulated run on a virtual host-cpu ({i + 1}/{args.repeats})")
                     wall, session = run_emulated("host-cpu", args.size, "fp32", emu_path)
                     emu_walls.append(wall)
             reals.append(json.loads(real_path.read_text()))
             emus.append(json.loads(emu_path.read_text()))
     real, emulated = metrics.pooled(reals), metrics.pooled(emus)
-    extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats}
+    extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
+             "profile": profile_cmd(Path("DIR"))[1:]}
     out, failures = report(real, emulated, sum(real_walls) / len(real_walls),
                            sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
@@ -306,8 +305,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="--self: run each side this many times (alternating) and pool the "
                    "requests of all runs (default 1)")
-    p.add_argument("--full-profile", action="store_true",
-                   help="profile this CPU on the profiler's full grid (slow), not --quick")
     p.add_argument("--json", help="write the comparison JSON here")
     p.add_argument("--png", help="write the CDF plot here (default: beside --json)")
 
