@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from revati.revatid.validate import kernels, metrics, plot, workload
+from revati.revatid.validate import host_speed, kernels, metrics, plot, workload
 
 SELF_BOUNDS = {"ttft_p50_ms": 10.0, "tpot_p50_ms": 10.0, "e2e_p50_ms": 10.0}
 GPU_BOUNDS = {f"{m}_p{p}_ms": b for m in metrics.LATENCIES for p, b in ((50, 5.0), (99, 10.0))}
@@ -200,6 +200,10 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
         print(f"wall time: emulated {s['emulated_wall_s']:.1f} s")
     print("forward steps: " + ", ".join(_steps_line(name, out["steps"][name])
                                         for name in ("real", "emulated")))
+    if "host_speed" in out:
+        h = out["host_speed"]
+        print(f"host speed: the probe ({h['probe']}) took {h['real_ms']:.3f} ms around the real"
+              f" runs, {h['profile_ms']:.3f} ms around the profiles ({h['drift_pct']:+.1f}%)")
     if args.json:
         _mkdir(Path(args.json).parent).joinpath(Path(args.json).name).write_text(
             json.dumps(out, indent=1) + "\n")
@@ -217,6 +221,8 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
 
 def cmd_self(args: argparse.Namespace) -> int:
     reals, emus, real_walls, emu_walls = [], [], [], []
+    around_real: list[float] = []
+    around_profile: list[float] = []
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
         for i in range(args.repeats):
             real_path, emu_path = Path(tmp) / f"real{i}.json", Path(tmp) / f"emulated{i}.json"
@@ -224,9 +230,13 @@ def cmd_self(args: argparse.Namespace) -> int:
             for side in (("real", "emu") if i % 2 == 0 else ("emu", "real")):
                 if side == "real":
                     _say(f"real run on this CPU ({args.size}, {i + 1}/{args.repeats})")
+                    around_real.append(host_speed.probe_ms())
                     real_walls.append(run_real(args.size, real_path))
+                    around_real.append(host_speed.probe_ms())
                 else:
+                    around_profile.append(host_speed.probe_ms())
                     bundle = host_cpu_bundle(_mkdir(Path(tmp) / f"profile{i}"))
+                    around_profile.append(host_speed.probe_ms())
                     _say(f"emulated run on a virtual host-cpu ({i + 1}/{args.repeats})")
                     wall, session = run_emulated("host-cpu", args.size, "fp32", emu_path)
                     emu_walls.append(wall)
@@ -234,7 +244,8 @@ def cmd_self(args: argparse.Namespace) -> int:
             emus.append(json.loads(emu_path.read_text()))
     real, emulated = metrics.pooled(reals), metrics.pooled(emus)
     extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
-             "profile": profile_cmd(Path("DIR"))[1:]}
+             "profile": profile_cmd(Path("DIR"))[1:],
+             "host_speed": host_speed.drift(around_real, around_profile)}
     out, failures = report(real, emulated, sum(real_walls) / len(real_walls),
                            sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")

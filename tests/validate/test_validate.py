@@ -196,6 +196,20 @@ def test_the_self_check_profiles_its_models_own_shapes() -> None:
     assert cli.PROFILE_PASSES > 1
 
 
+def test_host_speed_probe_and_drift() -> None:
+    """The probe times a GEMM on one thread and gives the thread count back; the drift is how
+    much slower the host was around the real runs than around the profiles."""
+    torch = pytest.importorskip("torch")
+    from revati.revatid.validate import host_speed
+
+    threads = torch.get_num_threads()
+    ms = host_speed.probe_ms(calls=5)
+    assert 0 < ms < 1000 and torch.get_num_threads() == threads
+    d = host_speed.drift([1.2, 1.1, 1.3], [1.0, 1.0])
+    assert (d["real_ms"], d["profile_ms"], d["drift_pct"]) == (1.2, 1.0, 20.0)
+    assert host_speed.drift([0.9], [1.0])["drift_pct"] == -10.0
+
+
 REGRESSION_BOUND_PCT = 50.0
 
 
@@ -224,6 +238,10 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     for key in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
         assert m[key]["real"] > 0 and m[key]["emulated"] > 0
     assert report["speed"]["kernel_launches"] > 1000
+    # the host's speed probed around each real run and each profile
+    speed = report["host_speed"]
+    assert len(speed["around_real_ms"]) == len(speed["around_profile_ms"]) == 2 * 3
+    assert isinstance(speed["drift_pct"], float) and "host speed:" in proc.stdout
     assert (tmp_path / "cache" / "bundles" / "host-cpu" / "bundle.json").is_file()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]

@@ -1,0 +1,58 @@
+"""A probe of this host's speed, timed around the self-check's real runs and CPU profiles.
+
+The self-check compares a real CPU run with an emulated one whose kernel times come from a
+profile taken at another moment. On the shared VMs it runs on, the host's speed drifts: the
+same lone GEMM took 2.85 ms in one process and 3.55 ms in another a quarter of an hour later.
+The probe says how far the host moved between the profiles and the real runs, so that a
+failing comparison shows whether the host or the emulation is off.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+# rows, in, out: one of the self-check model's MLP GEMMs at a prefill's size (fp32, one thread)
+PROBE_SHAPE = (32, 512, 2048)
+PROBE_SPAN_BYTES = 64 << 20  # weight copies rotated through, as a forward reads its weights
+_copies: list[Any] = []
+
+
+def probe_ms(calls: int = 30) -> float:
+    """Median ms of a linear layer of PROBE_SHAPE on one torch thread, each call on the next
+    of several weight copies spanning PROBE_SPAN_BYTES (after one pass over them)."""
+    import torch
+    import torch.nn.functional as F
+
+    m, k, n = PROBE_SHAPE
+    if not _copies:
+        _copies.extend(torch.randn(n, k) for _ in range(max(1, PROBE_SPAN_BYTES // (n * k * 4))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(m, k)
+        times = []
+        for i in range(len(_copies) + calls):
+            w = _copies[i % len(_copies)]
+            t0 = time.perf_counter()
+            F.linear(x, w)
+            if i >= len(_copies):
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def drift(around_real: list[float], around_profile: list[float]) -> dict[str, Any]:
+    """The report's `host_speed`: the probe's times and how much slower (+) or faster (-) the
+    host was around the real runs than around the profiles, in percent. Kernel-bound steps of
+    the emulation come out short by about that much when it is positive."""
+    real, prof = statistics.median(around_real), statistics.median(around_profile)
+    m, k, n = PROBE_SHAPE
+    return {"probe": f"F.linear [{m}, {k}] x [{k}, {n}] fp32, 1 thread, weights rotated over "
+                     f"{PROBE_SPAN_BYTES >> 20} MiB",
+            "real_ms": round(real, 4), "profile_ms": round(prof, 4),
+            "around_real_ms": [round(t, 4) for t in around_real],
+            "around_profile_ms": [round(t, 4) for t in around_profile],
+            "drift_pct": round(100.0 * (real / prof - 1.0), 2)}
