@@ -132,7 +132,7 @@ def weight_bytes(cfg: dict[str, Any], dtype: str) -> int:
     return params * DTYPE_BYTES[dtype]
 
 
-def _rotating(first: Any, nbytes: int, pool: int, make: Callable[[], Any]) -> Iterator[Any]:
+def rotating(first: Any, nbytes: int, pool: int, make: Callable[[], Any]) -> Iterator[Any]:
     """`first` and enough copies (from `make`) to reach `pool` bytes, cycled, after three
     passes of 1-row GEMMs over them: a cache keeps a line read once at low priority, so a
     model's weights are in it only after a few steps (on a host with 300 MB of L3, a 1-row
@@ -180,7 +180,7 @@ def gemm_cases(dev: Device, quick: bool, pool: int) -> Iterator[Case]:
             # a linear layer's weight, [n, k] as models keep it (the layout changes a CPU
             # GEMM's time by up to 2x)
             w = dev.tensor(n, k, dtype=dtype)
-            weights = _rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
+            weights = rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
             for m in ms:
                 a = dev.tensor(m, k, dtype=dtype)
                 yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
@@ -290,7 +290,7 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
     the model's 64 MiB, 32-40 us). A GPU's memory ops are not rotated (not measured there)."""
     dtype = "fp32" if dev.kind == "cpu" else "bf16"
     table = dev.tensor(vocab, max(widths), dtype=dtype)
-    largest = 2 * max(tokens) * 2 * max(widths)  # elements of the largest group: (x, y) or x2
+    largest = max(tokens) * 2 * max(widths)  # elements of the largest group: (x, y) or x2
     span = pool // DTYPE_BYTES[dtype] if dev.kind == "cpu" else 0
     arena = dev.tensor(max(largest, span), dtype=dtype)
     for h in widths:
@@ -345,7 +345,7 @@ def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str, poo
                      ) -> Iterator[Case]:
     for n, k in linear_shapes(cfg):
         w = dev.tensor(n, k, dtype=dtype)
-        weights = _rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
+        weights = rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
         for m in (m for m in _gemm_rows(top) if m <= top):
             a = dev.tensor(m, k, dtype=dtype)
             yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \

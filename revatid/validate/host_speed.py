@@ -10,36 +10,35 @@ failing comparison shows whether the host or the emulation is off.
 from __future__ import annotations
 
 import statistics
-import time
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 # rows, in, out: one of the self-check model's MLP GEMMs at a prefill's size (fp32, one thread)
 PROBE_SHAPE = (32, 512, 2048)
 PROBE_SPAN_BYTES = 64 << 20  # weight copies rotated through, as a forward reads its weights
-_copies: list[Any] = []
+_weights: list[Iterator[Any]] = []  # the copies, made once a process
 
 
 def probe_ms(calls: int = 30) -> float:
     """Median ms of a linear layer of PROBE_SHAPE on one torch thread, each call on the next
-    of several weight copies spanning PROBE_SPAN_BYTES (after one pass over them)."""
+    of several weight copies spanning PROBE_SPAN_BYTES (the profiler's own rotation and
+    timing loop: profiler.rotating, Device.time_ns)."""
     import torch
     import torch.nn.functional as F
 
+    from revati.predictors import profiler
+
     m, k, n = PROBE_SHAPE
-    if not _copies:
-        _copies.extend(torch.randn(n, k) for _ in range(max(1, PROBE_SPAN_BYTES // (n * k * 4))))
+    dev = profiler.Device("cpu", repeats=calls)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        x = torch.randn(m, k)
-        times = []
-        for i in range(len(_copies) + calls):
-            w = _copies[i % len(_copies)]
-            t0 = time.perf_counter()
-            F.linear(x, w)
-            if i >= len(_copies):
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        if not _weights:
+            make = partial(dev.tensor, n, k)
+            _weights.append(profiler.rotating(make(), n * k * 4, PROBE_SPAN_BYTES, make))
+        x, weights = dev.tensor(m, k), _weights[0]
+        return statistics.median(dev.time_ns(lambda: F.linear(x, next(weights)))) / 1e6
     finally:
         torch.set_num_threads(threads)
 
