@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -269,14 +269,17 @@ def memory_grid(dev: Device, quick: bool, pool: int) -> Iterator[Case]:
     return memory_cases(dev, tokens, widths, pool=pool)
 
 
-def _slots(arena: Any, shape: tuple[int, ...], count: int, span: int) -> Iterator[tuple[Any, ...]]:
-    """Groups of `count` tensors of `shape`, views of `arena` one after another over `span`
-    elements of it (at least one group), cycled: each call of a memory op reads the next
-    group, so that its inputs come from as far as `span` reaches."""
-    n = math.prod(shape)
-    per = count * n
-    slots = [tuple(arena[i * per + j * n:i * per + (j + 1) * n].view(shape)
-                   for j in range(count)) for i in range(max(1, span // per))]
+def _slots(arena: Any, shapes: Sequence[tuple[int, ...]], span: int,
+           ) -> Iterator[tuple[Any, ...]]:
+    """Groups of tensors of `shapes`, views of `arena` one after another over `span` elements
+    of it (at least one group), cycled: each call of an op reads the next group, so that its
+    inputs come from as far as `span` reaches."""
+    sizes = [math.prod(shape) for shape in shapes]
+    per = sum(sizes)
+    starts = list(itertools.accumulate(sizes, initial=0))
+    slots = [tuple(arena[i * per + a:i * per + a + n].view(shape)
+                   for a, n, shape in zip(starts, sizes, shapes, strict=False))
+             for i in range(max(1, span // per))]
     return itertools.cycle(slots)
 
 
@@ -297,7 +300,7 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
         w = dev.tensor(h, dtype=dtype)
         emb = table[:, :h].contiguous()
         for t in tokens:
-            pairs, wide = _slots(arena, (t, h), 2, span), _slots(arena, (t, 2 * h), 1, span)
+            pairs, wide = _slots(arena, [(t, h)] * 2, span), _slots(arena, [(t, 2 * h)], span)
             x = next(pairs)[0]
             ids = torch.randint(0, vocab, (t,), device=dev.torch)
             out = x.new_empty(t, h)
@@ -361,28 +364,36 @@ PACKED_KV = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096, 614
 
 
 def packed_attention_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str,
-                           ) -> Iterator[Case]:
+                           pool: int = 0) -> Iterator[Case]:
     """transformers' `paged|sdpa`: every packed query against every gathered key of the batch
     (KV heads repeated to the query heads) under an additive block-causal mask. On a GPU that
     is the memory-efficient kernel or cuDNN's (flash takes no mask): the rows are named after
-    the one torch picks here, as the adapter names its launches."""
+    the one torch picks here, as the adapter names its launches. `pool`: on a CPU, the bytes
+    the inputs rotate through, as memory_cases' do: inside the model a layer's attention reads
+    its mask and gathered keys after the layer's GEMMs have streamed their weights through the
+    caches (3-5 queries over 165-363 keys took 267 us a call there, 113-125 us with hot inputs
+    and 277-290 us with the caches flushed before each call)."""
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     op = "aten::scaled_dot_product_attention"
     if dev.kind == "cuda":
         op = _masked_sdpa_op(heads, head_dim)
-    for sq in (q for q in _gemm_rows(top) if q <= top):
-        for skv in sorted({sq, *PACKED_KV}):
-            if skv < sq:
-                continue
-            q = dev.tensor(1, heads, sq, head_dim, dtype=dtype)
-            k = dev.tensor(1, heads, skv, head_dim, dtype=dtype)
-            v = dev.tensor(1, heads, skv, head_dim, dtype=dtype)
-            mask = torch.zeros(1, 1, sq, skv, dtype=q.dtype, device=dev.torch)
-            feats = _attn_feats(1, sq, skv, heads, heads, head_dim, causal=False)
-            yield Family.ATTENTION, op, dtype, feats, \
-                lambda q=q, k=k, v=v, mask=mask: F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask)
+    grid = [(sq, skv) for sq in _gemm_rows(top) if sq <= top
+            for skv in sorted({sq, *PACKED_KV}) if skv >= sq]
+    span = pool // DTYPE_BYTES[dtype] if dev.kind == "cpu" else 0
+    largest = max((2 * skv + sq) * heads * head_dim + sq * skv for sq, skv in grid)
+    arena = dev.tensor(max(largest, span), dtype=dtype)
+    for sq, skv in grid:
+        shapes = [(1, heads, sq, head_dim), (1, heads, skv, head_dim),
+                  (1, heads, skv, head_dim), (1, 1, sq, skv)]
+        groups = _slots(arena, shapes, span)
+        yield Family.ATTENTION, op, dtype, _attn_feats(1, sq, skv, heads, heads, head_dim,
+                                                        causal=False), \
+            lambda g=groups: _masked_sdpa(*next(g))
+
+
+def _masked_sdpa(q: Any, k: Any, v: Any, mask: Any) -> Any:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def _masked_sdpa_op(heads: int, head_dim: int) -> str:
@@ -410,7 +421,7 @@ def model_cases(dev: Device, cfg: dict[str, Any], top: int, pool: int | None = N
     if pool is None:
         pool = working_set(dev.kind, weight_bytes(cfg, dtype))
     return {"gemm": model_gemm_cases(dev, cfg, top, dtype, pool),
-            "attention": packed_attention_cases(dev, cfg, top, dtype),
+            "attention": packed_attention_cases(dev, cfg, top, dtype, pool),
             "memory": memory_cases(dev, tokens, widths, vocab=cfg["vocab_size"], pool=pool)}
 
 
