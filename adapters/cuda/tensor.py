@@ -858,12 +858,27 @@ def _to(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> 
     """`t.to(device="cpu", ...)` goes straight to _to_copy's handler: the composite `to`
     would come back through the Python dispatcher for it (~5 us more, counted as program
     time). Every other `to` is the composite's (which returns `t` itself where nothing
-    changes)."""
+    changes), frozen as one op: under inference mode even a `to` that changes nothing comes
+    through here (`x.float()` on a float tensor, 6-10 us of Python a call on a 2-core EPYC,
+    against 0.2-0.9 us for the C++ composite on a real device). A `to` that may copy to the
+    host stays unfrozen, since its wait for the device is program time."""
     device = kwargs.get("device")
     if len(args) == 1 and device is not None and torch.device(device).type == "cpu":
         copy_kwargs = {k: v for k, v in kwargs.items() if k != "copy"}
         return _to_copy(_TO_COPY, info_of(_TO_COPY), args, copy_kwargs)
-    return func.decompose(*args, **kwargs)
+    if _to_host(device) or any(_to_host(a) for a in args[1:]):
+        return func.decompose(*args, **kwargs)
+    link = S.link_override if S.link_override is not None else S.link()
+    with link.op_freeze():
+        return func.decompose(*args, **kwargs)
+
+
+def _to_host(arg: Any) -> bool:
+    """Whether a `to` argument may send the tensor off the virtual devices: a device (or
+    device string) other than CUDA, or a tensor (`to(other)`) that is not virtual."""
+    if isinstance(arg, (torch.device, str)):
+        return torch.device(arg).type != "cuda"
+    return isinstance(arg, torch.Tensor) and type(arg) is not VirtualTensor
 
 
 _TO_COPY = torch.ops.aten._to_copy.default

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -155,6 +157,59 @@ def test_reads_wait_for_the_stream(vcuda: Any, link: RecordingLink) -> None:
     assert copies[-1].feats == (32, CopyDirection.D2H)
     assert pinned.tolist() == [4.0] * 8
     assert torch.ones(3).pin_memory().is_pinned()
+
+
+class _DepthLink(RecordingLink):
+    """Records how deep in freezes each wait for the device happens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.sync_depths: list[int] = []
+
+    @contextlib.contextmanager
+    def freeze(self) -> Iterator[None]:
+        self.freezes += 1
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    op_freeze = freeze
+
+    def synchronize(self, device: int, stream: int | None) -> int:
+        self.sync_depths.append(self.depth)
+        return super().synchronize(device, stream)
+
+
+def test_a_to_under_inference_mode_is_one_frozen_op_unless_it_reaches_the_host(
+        vcuda: Any) -> None:
+    """Under inference mode every `to` reaches Revati, even one that changes nothing (in C++
+    on a real device): it is frozen as one op, except where it may copy to the host, whose
+    wait for the device is program time and must not be frozen."""
+    link = _DepthLink()
+    vcuda.install(SKU, NUM_GPUS, link=link)
+    torch.cuda.set_device(0)
+    torch.cuda.set_stream(torch.cuda.default_stream(0))
+    x = torch.ones(8, device="cuda")
+    with torch.inference_mode():
+        def unchanged() -> bool:
+            return (x.float() is x and x.to(x.device) is x and x.to(torch.float32) is x
+                    and x.to("cuda:0", torch.float32) is x)
+
+        assert unchanged()  # the first call of each overload also reads its schema, frozen
+        n, f = len(link.launches), link.freezes
+        assert unchanged()
+        assert len(link.launches) == n and link.freezes == f + 4  # one freeze each, no kernel
+        half = x.to(torch.float16)
+        assert is_virtual(half) and half.dtype == torch.float16
+        assert link.launches[-1].op == "aten::_to_copy"
+        assert is_virtual(x.to(torch.device("cuda", 1)), "cuda:1")
+        assert x.to("cpu").tolist() == [1.0] * 8
+        assert x.to(torch.empty(0, dtype=torch.float64)).tolist() == [1.0] * 8  # to(other)
+        assert x.to(torch.device("cpu"), torch.float64).dtype == torch.float64
+    assert link.sync_depths == [0, 0, 0]  # the three copies to the host waited unfrozen
 
 
 def test_host_to_device_and_peer_copies(vcuda: Any, link: RecordingLink) -> None:
