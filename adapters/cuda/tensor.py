@@ -152,14 +152,15 @@ class VirtualTensor(torch.Tensor):
 
 _BASIC_INDEX = frozenset({slice, int, tuple})
 _INDEX_PART = (int, type(None))
+_ALL = slice(None)
 
 
 def _basic_index(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> VirtualTensor | None:
     """`t[index]` for slices and integers under no_grad or inference mode (basic indexing,
     where PyTorch's view needs no autograd link): the view's geometry computed here, with no
     trip through the dispatcher (~6 us of ~10 a slice). None for anything else (a step other
-    than positive, an index out of range, Ellipsis, None, a tensor), which takes PyTorch's own
-    path and its errors."""
+    than positive, an index out of range, None, a tensor), which takes PyTorch's own path and
+    its errors."""
     link = S.link_override if S.link_override is not None else S.link()
     with link.freeze():
         return _basic_view(t, index)
@@ -168,6 +169,12 @@ def _basic_index(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> Virt
 def _basic_view(t: VirtualTensor, index: slice | int | tuple[Any, ...]) -> VirtualTensor | None:
     size, stride, dtype = t._s
     parts = index if type(index) is tuple else (index,)
+    if Ellipsis in parts:  # `...` stands for every dimension the other parts leave out
+        at = parts.index(Ellipsis)
+        rest = parts[at + 1:]
+        if Ellipsis in rest:
+            return None
+        parts = (*parts[:at], *(_ALL,) * (len(size) - len(parts) + 1), *rest)
     if len(parts) > len(size):
         return None
     offset = t.storage_offset()

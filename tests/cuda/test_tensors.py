@@ -212,6 +212,24 @@ def test_a_to_under_inference_mode_is_one_frozen_op_unless_it_reaches_the_host(
     assert link.sync_depths == [0, 0, 0]  # the three copies to the host waited unfrozen
 
 
+def test_a_tensor_from_data_is_built_on_the_host_and_copied_once(vcuda: Any,
+                                                                   link: RecordingLink) -> None:
+    """`torch.tensor(data, device="cuda")` (transformers' continuous batching builds its
+    inputs so, ~7 a step): PyTorch's own result, by one host-to-device copy."""
+    n = len(link.launches)
+    t = torch.tensor([[1, 2], [3, 4]], dtype=torch.int32, device="cuda")
+    assert is_virtual(t) and t.dtype == torch.int32 and t.tolist() == [[1, 2], [3, 4]]
+    h2d = link.launches[n:n + 1]
+    assert [(e.family, e.feats) for e in h2d] == [(Family.HOST_COPY, (16, CopyDirection.H2D))]
+    assert torch.tensor([1.5], device="cuda").dtype == torch.float32  # inferred as PyTorch does
+    assert torch.tensor(3, device=torch.device("cuda", 1)).shape == ()
+    assert is_virtual(torch.tensor(3, device=torch.device("cuda", 1)), "cuda:1")
+    leaf = torch.tensor([1.0], device="cuda", requires_grad=True)
+    assert leaf.is_leaf and leaf.requires_grad and is_virtual(leaf)
+    host = torch.tensor([1, 2], device="cpu")
+    assert host.device.type == "cpu" and host.tolist() == [1, 2]
+
+
 def test_host_to_device_and_peer_copies(vcuda: Any, link: RecordingLink) -> None:
     big = torch.zeros(1024, 1024).to("cuda")
     h2d = link.launches[-1]
@@ -471,7 +489,8 @@ def test_host_costs_stamp_launches_later_and_are_spent_before_a_sync(
 @pytest.mark.parametrize("index", [
     slice(None, 3), slice(2, None), slice(-3, None), slice(1, 6, 2), slice(5, 2),
     slice(20, None), slice(None, -20), (slice(None), slice(1, 3)), (1, slice(None, 2)),
-    (-1,), 2, (slice(0, 4, 3), -2),
+    (-1,), 2, (slice(0, 4, 3), -2), (Ellipsis, slice(1, 3)), (Ellipsis, 2), (1, Ellipsis),
+    (slice(1, 3), Ellipsis, slice(0, 2)), (Ellipsis,), (Ellipsis, 1, 2),
 ])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bfloat16])
 def test_basic_indexing_without_autograd_gives_torchs_own_views(
@@ -514,7 +533,8 @@ def test_indexing_that_is_not_basic_takes_torchs_path(vcuda: Any, link: Recordin
     with torch.no_grad():
         assert t[torch.tensor([1, 3])].tolist() == [1, 3]
         assert t[None, 2:4].shape == (1, 2)
-        assert t[..., 1].item() == 1
+        assert t[..., None].shape == (10, 1)
+        assert t[..., ...].shape == (10,)  # PyTorch takes two
         with pytest.raises(IndexError):
             t[10]
         with pytest.raises(ValueError):
@@ -533,7 +553,7 @@ def test_a_parameters_slice_under_no_grad_needs_no_grad(vcuda: Any, link: Record
 
 
 @pytest.mark.parametrize("index", [slice(1, 4), (slice(None), 2), -1,
-                                   (slice(0, 6, 2), slice(1, 3))])
+                                   (slice(0, 6, 2), slice(1, 3)), (Ellipsis, slice(0, 2))])
 def test_basic_assignment_without_autograd_is_one_fill_or_copy(
         vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch, index: Any) -> None:
     """`t[index] = number` / `= tensor` under no_grad: PyTorch's own semantics (the view,
