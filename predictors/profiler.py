@@ -321,6 +321,27 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
                  x.numel()),
                 ("aten::embedding", lambda ids=ids, emb=emb: F.embedding(ids, emb),
                  2 * _nbytes(x) + _nbytes(ids), x.numel()),
+                # a Llama layer's other small ops, as transformers writes it (its RMSNorm in
+                # pow, mean, rsqrt and mul, the rotary in neg and cat, the paged cache's write
+                # and gather); unprofiled, the memory model met index_copy_ with a byte ratio
+                # no profiled copy has and gave it a sixth of its 28 us at 111 x 512
+                ("aten::mul", lambda p=pairs: operator.mul(*next(p)), 3 * _nbytes(x),
+                 x.numel()),
+                ("aten::pow", lambda p=pairs: next(p)[0].pow(2), 2 * _nbytes(x), x.numel()),
+                ("aten::rsqrt", lambda p=pairs: torch.rsqrt(next(p)[0]), 2 * _nbytes(x),
+                 x.numel()),
+                ("aten::neg", lambda p=pairs: operator.neg(next(p)[0]), 2 * _nbytes(x),
+                 x.numel()),
+                ("aten::mean", lambda p=pairs: next(p)[0].mean(-1, keepdim=True),
+                 _nbytes(x) + t * x.element_size(), t),
+                ("aten::cat", lambda p=pairs: torch.cat(next(p), -1), 4 * _nbytes(x),
+                 2 * x.numel()),
+                ("aten::clone", lambda p=pairs: next(p)[0].clone(), 2 * _nbytes(x), x.numel()),
+                ("aten::index_select", lambda ids=ids, emb=emb: emb.index_select(0, ids),
+                 2 * _nbytes(x) + _nbytes(ids), x.numel()),
+                ("aten::index_copy_",
+                 lambda p=pairs, ids=ids, emb=emb: emb.index_copy_(0, ids, next(p)[0]),
+                 2 * (_nbytes(x) + _nbytes(ids)), x.numel()),
             ]
             for op, fn, nbytes, elems in ops:
                 yield Family.MEMORY, op, dtype, (nbytes, elems), fn
@@ -469,6 +490,15 @@ _FLOOR_CALLS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "aten::_softmax": lambda t: torch.softmax(t["x"], -1),
     "aten::copy_": lambda t: t["out"].copy_(t["x"]),
     "aten::embedding": lambda t: F.embedding(t["ids"], t["x"]),
+    "aten::mul": lambda t: t["x"] * t["x"],
+    "aten::pow": lambda t: t["x"].pow(2),
+    "aten::rsqrt": lambda t: torch.rsqrt(t["x"]),
+    "aten::neg": lambda t: -t["x"],
+    "aten::mean": lambda t: t["x"].mean(-1, keepdim=True),
+    "aten::cat": lambda t: torch.cat((t["x"], t["x"]), -1),
+    "aten::clone": lambda t: t["x"].clone(),
+    "aten::index_select": lambda t: t["x"].index_select(0, t["ids"]),
+    "aten::index_copy_": lambda t: t["out"].index_copy_(0, t["ids"], t["x"]),
     "aten::scaled_dot_product_attention": lambda t: F.scaled_dot_product_attention(
         t["q"], t["q"], t["q"], attn_mask=t["q"]),
 }
