@@ -9,7 +9,7 @@ The mapping (see docs/virtual-cuda.md for the table):
   OTHER      convolutions, FFTs, linear algebra -> (bytes, elements)
   MEMORY     everything else that launches a kernel -> (bytes, elements): bytes read by every
              tensor input plus bytes written by every tensor output, elements of the largest
-             output
+             output (gathers, scatters and copy_ count only what they read and write)
 Views, allocations and metadata ops launch nothing. Copies between host and device
 (HOST_COPY) and between devices (P2P) are classified where copies are handled.
 This runs only when a (op, shapes, dtypes) signature is first seen: the result is cached.
@@ -152,6 +152,9 @@ def classify(name: str, args: Sequence[Any], kwargs: dict[str, Any], outs: Seque
     elif name in SCATTER_OPS:  # writes only the rows it scatters: the destination is not read
         touched = 2 * sum(tensor_bytes(t) for t in ins[1:])
         elements = max((t.numel() for t in ins[1:]), default=0)
+    elif name == "aten::copy_":  # reads the source, writes the destination: it is not read
+        touched = tensor_bytes(ins[1]) + tensor_bytes(ins[0])
+        elements = ins[0].numel()
     else:
         touched = sum(tensor_bytes(t) for t in ins) + sum(tensor_bytes(t) for t in outs)
         elements = max((t.numel() for t in (outs or ins)), default=0)
