@@ -278,7 +278,7 @@ def _slots(arena: Any, shapes: Sequence[tuple[int, ...]], span: int,
     per = sum(sizes)
     starts = list(itertools.accumulate(sizes, initial=0))
     slots = [tuple(arena[i * per + a:i * per + a + n].view(shape)
-                   for a, n, shape in zip(starts, sizes, shapes, strict=False))
+                   for a, n, shape in zip(starts[:-1], sizes, shapes, strict=True))
              for i in range(max(1, span // per))]
     return itertools.cycle(slots)
 

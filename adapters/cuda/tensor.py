@@ -875,8 +875,7 @@ def _to(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> 
         return _to_copy(_TO_COPY, info_of(_TO_COPY), args, copy_kwargs)
     if _to_host(device) or any(_to_host(a) for a in args[1:]):
         return func.decompose(*args, **kwargs)
-    link = S.link_override if S.link_override is not None else S.link()
-    with link.op_freeze():
+    with S.link().op_freeze():
         return func.decompose(*args, **kwargs)
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 # rows, in, out: one of the self-check model's MLP GEMMs at a prefill's size (fp32, one thread)
 PROBE_SHAPE = (32, 512, 2048)
 PROBE_SPAN_BYTES = 64 << 20  # weight copies rotated through, as a forward reads its weights
-_weights: list[Iterator[Any]] = []  # the copies, made once a process
 
 
 def probe_ms(calls: int = 30) -> float:
@@ -29,18 +28,27 @@ def probe_ms(calls: int = 30) -> float:
 
     from revati.predictors import profiler
 
-    m, k, n = PROBE_SHAPE
+    m, k, _ = PROBE_SHAPE
     dev = profiler.Device("cpu", repeats=calls)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if not _weights:
-            make = partial(dev.tensor, n, k)
-            _weights.append(profiler.rotating(make(), n * k * 4, PROBE_SPAN_BYTES, make))
-        x, weights = dev.tensor(m, k), _weights[0]
+        x, weights = dev.tensor(m, k), _weights()
         return statistics.median(dev.time_ns(lambda: F.linear(x, next(weights)))) / 1e6
     finally:
         torch.set_num_threads(threads)
+
+
+@cache
+def _weights() -> Iterator[Any]:
+    """The probe's weight copies, made once a process."""
+    from revati.predictors import profiler
+
+    _, k, n = PROBE_SHAPE
+    make = partial(profiler.Device("cpu", repeats=1).tensor, n, k)
+    first = make()
+    return profiler.rotating(first, first.numel() * first.element_size(), PROBE_SPAN_BYTES,
+                             make)
 
 
 def drift(around_real: list[float], around_profile: list[float]) -> dict[str, Any]:
