@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -143,6 +144,26 @@ def rotating(first: Any, nbytes: int, pool: int, make: Callable[[], Any]) -> Ite
     return itertools.cycle(weights)
 
 
+def kept_outputs(dev: Device, fn: Callable[[], Any], nbytes: int, pool: int,
+                 ) -> Callable[[], Any]:
+    """On a CPU, `fn` with its latest results kept, as many as fill `pool` bytes (`nbytes`
+    each): each call's output is then allocated where the oldest one was, memory last written
+    that many calls ago, as inside a model, where the allocator hands an op memory that other
+    ops have used since. A result dropped at once hands the next call the same block, hot in
+    the core's caches: a Llama-tiny prefill's element-wise ops and clones took 24% less time so
+    than inside the model, 5% less with their outputs kept (GEMMs: 1.9% and 0.9%). On a GPU `fn`
+    as it is (its device time is not measured so)."""
+    if dev.kind != "cpu" or pool <= 0:
+        return fn
+    ring: deque[Any] = deque(maxlen=max(1, pool // max(nbytes, 1)))
+
+    def keeping() -> Any:
+        out = fn()
+        ring.append(out)
+        return out
+    return keeping
+
+
 # -- grids: each yields (family, op, dtype, feats, fn)
 
 Case = tuple[Family, str, str, tuple[int, ...], Callable[[], Any]]
@@ -183,8 +204,9 @@ def gemm_cases(dev: Device, quick: bool, pool: int) -> Iterator[Case]:
             weights = rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
             for m in ms:
                 a = dev.tensor(m, k, dtype=dtype)
-                yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
-                    lambda a=a, w=weights: F.linear(a, next(w))
+                yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), kept_outputs(
+                    dev, lambda a=a, w=weights: F.linear(a, next(w)),
+                    m * n * a.element_size(), pool)
 
 
 def _attention_shapes(dev: Device, quick: bool) -> list[tuple[int, int, int, int, int, int]]:
@@ -303,7 +325,6 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
             pairs, wide = _slots(arena, [(t, h)] * 2, span), _slots(arena, [(t, 2 * h)], span)
             x = next(pairs)[0]
             ids = torch.randint(0, vocab, (t,), device=dev.torch)
-            out = x.new_empty(t, h)
             # (op, fn, bytes read + written, elements of the largest output)
             ops = [
                 ("aten::add", lambda p=pairs: operator.add(*next(p)), 3 * _nbytes(x),
@@ -317,7 +338,7 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
                  2 * _nbytes(x) + 2 * _nbytes(w), x.numel()),
                 ("aten::_softmax", lambda p=wide: torch.softmax(next(p)[0], -1), 4 * _nbytes(x),
                  2 * x.numel()),
-                ("aten::copy_", lambda p=pairs, out=out: out.copy_(next(p)[0]), 2 * _nbytes(x),
+                ("aten::copy_", lambda p=pairs: _copy_across(*next(p)), 2 * _nbytes(x),
                  x.numel()),
                 ("aten::embedding", lambda ids=ids, emb=emb: F.embedding(ids, emb),
                  2 * _nbytes(x) + _nbytes(ids), x.numel()),
@@ -344,6 +365,8 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
                  2 * (_nbytes(x) + _nbytes(ids)), x.numel()),
             ]
             for op, fn, nbytes, elems in ops:
+                if not op.endswith("_"):  # in place: its output is its input
+                    fn = kept_outputs(dev, fn, elems * x.element_size(), pool)
                 yield Family.MEMORY, op, dtype, (nbytes, elems), fn
 
 
@@ -372,8 +395,9 @@ def model_gemm_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: str, poo
         weights = rotating(w, _nbytes(w), pool, partial(dev.tensor, n, k, dtype=dtype))
         for m in (m for m in _gemm_rows(top) if m <= top):
             a = dev.tensor(m, k, dtype=dtype)
-            yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), \
-                lambda a=a, w=weights: F.linear(a, next(w))
+            yield Family.GEMM, "aten::linear", dtype, (m, n, k, 1), kept_outputs(
+                dev, lambda a=a, w=weights: F.linear(a, next(w)), m * n * a.element_size(),
+                pool)
         del w, weights
 
 
@@ -409,8 +433,13 @@ def packed_attention_cases(dev: Device, cfg: dict[str, Any], top: int, dtype: st
                   (1, heads, skv, head_dim), (1, 1, sq, skv)]
         groups = _slots(arena, shapes, span)
         yield Family.ATTENTION, op, dtype, _attn_feats(1, sq, skv, heads, heads, head_dim,
-                                                        causal=False), \
-            lambda g=groups: _masked_sdpa(*next(g))
+                                                        causal=False), kept_outputs(
+            dev, lambda g=groups: _masked_sdpa(*next(g)),
+            sq * heads * head_dim * DTYPE_BYTES[dtype], pool)
+
+
+def _copy_across(src: Any, dst: Any) -> Any:
+    return dst.copy_(src)
 
 
 def _masked_sdpa(q: Any, k: Any, v: Any, mask: Any) -> Any:

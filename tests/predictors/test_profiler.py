@@ -170,6 +170,34 @@ def test_packed_attention_inputs_rotate_through_the_pool_on_a_cpu() -> None:
                                               "fp32"))[4]
     assert float(fn().sum()) == float(fn().sum())
 
+def test_outputs_on_a_cpu_are_kept_until_they_fill_the_pool() -> None:
+    """A memory op's, GEMM's and attention's outputs stay alive until a pool's worth has come
+    after them, so that each call writes memory last written that long ago, as inside a model
+    (an output dropped at once hands the next call the same block, hot in the core's caches);
+    in-place ops and a GPU's cases (pool 0) are timed as they are."""
+    from revati.predictors import profiler
+
+    cpu = profiler.Device("cpu", repeats=1)
+    pool = 4 << 20
+    cases = {op: fn for _, op, _, _, fn in profiler.memory_cases(cpu, [64], [512], vocab=64,
+                                                                 pool=pool)}
+    keep = pool // (64 * 512 * 4)
+    for op in ("aten::add", "aten::mul", "aten::clone", "aten::index_select"):
+        ptrs = [cases[op]().data_ptr() for _ in range(keep)]
+        assert len(set(ptrs)) == keep, op  # none handed the block of an earlier one
+    gemm = next(profiler.model_gemm_cases(cpu, {"hidden_size": 64, "intermediate_size": 128,
+                                                "num_attention_heads": 2, "vocab_size": 64},
+                                          4, "fp32", pool))[4]
+    assert len({gemm().data_ptr() for _ in range(64)}) == 64
+    dst = cases["aten::index_copy_"]()
+    assert cases["aten::index_copy_"]().data_ptr() == dst.data_ptr()  # in place: its table
+    # a GPU's cases, and a CPU's without a pool: the call as it is
+    def op() -> None:
+        pass
+    assert profiler.kept_outputs(cpu, op, 1, 0) is op
+    assert profiler.kept_outputs(profiler.Device("cuda", repeats=1), op, 1, pool) is op
+
+
 
 class _FixedTimes:
     """A Device whose n-th timed case takes per_pass[n] ns (twice): one case, one per pass."""
