@@ -578,3 +578,69 @@ def test_basic_assignment_without_autograd_is_one_fill_or_copy(
         got[index] = row_v
         assert dispatched == ["aten::copy_"]
     assert got.cpu().tolist() == want.tolist()
+
+
+def test_an_assignment_by_index_tensors_is_one_index_put(
+        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`t[ids] = v` and `t[rows, cols] = v` with integer index tensors under no_grad (SGLang's
+    request-to-token table and overlap buffers, every step): PyTorch's own result, dispatched
+    as the one index_put_ its indexing ends in. Other indices and values take PyTorch's own
+    path, errors included."""
+    from revati.adapters.cuda import tensor
+
+    dispatched: list[str] = []
+    real_dispatch = tensor.dispatch
+    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: dispatched.append(
+        func._schema.name) or real_dispatch(func, *a))
+    want = torch.zeros(6, 5, dtype=torch.int64)
+    got = want.cuda()
+    rows, cols = torch.tensor([4, 0]), torch.tensor([1, 3], dtype=torch.int32)
+    rows_v, cols_v = rows.cuda(), cols.cuda()
+    with torch.no_grad():
+        for index, index_v, value in [(rows, rows_v, torch.tensor([7, 8, 9, 10, 11])),
+                                      (rows, rows_v, torch.tensor([[1], [2]])),  # broadcast
+                                      ((rows, cols), (rows_v, cols_v), torch.tensor([5, 6]))]:
+            value_v = value.cuda()
+            dispatched.clear()
+            want[index] = value
+            got[index_v] = value_v
+            assert dispatched == ["aten::index_put_"]
+        assert got.cpu().tolist() == want.tolist()
+        value_v = torch.tensor([[[3] * 5] * 2]).cuda()
+        dispatched.clear()
+        got[rows_v] = value_v  # a leading one to drop first: PyTorch's own path
+        assert "aten::index_put_" in dispatched and dispatched[0] != "aten::index_put_"
+        assert got[4].cpu().tolist() == [3] * 5
+        with pytest.raises(RuntimeError, match="dtypes match"):  # as PyTorch says it
+            got[rows_v] = torch.ones(5, dtype=torch.int32).cuda()
+        want[rows] = 3
+        mask = torch.tensor([True, False] * 3)
+        want[mask] = torch.full((5,), -1)
+        got[mask.cuda()] = torch.full((5,), -1).cuda()  # a mask: PyTorch's own path
+        assert got.cpu().tolist() == want.tolist()
+
+
+def test_a_dtype_conversion_is_one_copy_kernel(vcuda: Any, link: RecordingLink,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`t.to(dtype)` under inference mode: `t` itself where the dtype is the same, else one
+    `_to_copy` with the converted values, without the composite's second trip through the
+    dispatcher."""
+    from revati.adapters.cuda import tensor
+
+    dispatched: list[str] = []
+    real_dispatch = tensor.dispatch
+    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: dispatched.append(
+        func._schema.name) or real_dispatch(func, *a))
+    ids = torch.tensor([3, 70_000, -2]).cuda()
+    with torch.inference_mode():
+        assert ids.to(torch.int64) is ids
+        dispatched.clear()
+        n = len(link.launches)
+        small = ids.to(torch.int32)
+        assert dispatched == ["aten::to"]
+        assert [e.op for e in link.launches[n:]] == ["aten::_to_copy"]
+        assert small.dtype == torch.int32 and small.tolist() == [3, 70_000, -2]
+        copied = ids.to(torch.int64, copy=True)
+        assert copied is not ids and copied.tolist() == [3, 70_000, -2]
+        half = ids.to(torch.float16, non_blocking=True)  # 70,000 overflows, as on a GPU
+        assert half.tolist() == torch.tensor([3, 70_000, -2]).to(torch.float16).tolist()
