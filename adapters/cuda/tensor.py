@@ -892,11 +892,12 @@ def _host_copy(func: Any, t: VirtualTensor, kwargs: dict[str, Any]) -> torch.Ten
 def _to(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """`t.to(device="cpu", ...)` goes straight to _to_copy's handler: the composite `to`
     would come back through the Python dispatcher for it (~5 us more, counted as program
-    time); so does `t.to(dtype)`, frozen (_to_dtype). Every other `to` is the composite's (which returns `t` itself where nothing
-    changes), frozen as one op: under inference mode even a `to` that changes nothing comes
-    through here (`x.float()` on a float tensor, 6-10 us of Python a call on a 2-core EPYC,
-    against 0.2-0.9 us for the C++ composite on a real device). A `to` that may copy to the
-    host stays unfrozen, since its wait for the device is program time."""
+    time); so does `t.to(dtype)`, frozen (_to_dtype). Every other `to` is the composite's
+    (which returns `t` itself where nothing changes), frozen as one op: under inference mode
+    even a `to` that changes nothing comes through here (`x.float()` on a float tensor, 6-10
+    us of Python a call on a 2-core EPYC, against 0.2-0.9 us for the C++ composite on a real
+    device). A `to` that may copy to the host stays unfrozen, since its wait for the device
+    is program time."""
     device = kwargs.get("device")
     if len(args) == 1 and device is not None and torch.device(device).type == "cpu":
         copy_kwargs = {k: v for k, v in kwargs.items() if k != "copy"}
