@@ -26,6 +26,18 @@ def is_virtual(t: Any, device: str = "cuda:0") -> bool:
     return type(t) is VirtualTensor and t.device == torch.device(device) and t.is_cuda
 
 
+@pytest.fixture
+def dispatched(vcuda: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the ops that reach Revati's dispatch from now on, in order."""
+    from revati.adapters.cuda import tensor
+
+    names: list[str] = []
+    real_dispatch = tensor.dispatch
+    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: names.append(
+        func._schema.name) or real_dispatch(func, *a))
+    return names
+
+
 def test_every_way_to_make_a_cuda_tensor(vcuda: Any, link: RecordingLink) -> None:
     made = {
         "empty": torch.empty(2, 3, device="cuda"),
@@ -494,17 +506,10 @@ def test_host_costs_stamp_launches_later_and_are_spent_before_a_sync(
 ])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bfloat16])
 def test_basic_indexing_without_autograd_gives_torchs_own_views(
-        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch, index: Any,
-        dtype: Any) -> None:
+        vcuda: Any, link: RecordingLink, dispatched: list[str], index: Any, dtype: Any) -> None:
     """Slices and integers under no_grad / inference mode (the serving loops' hot path) are
     computed without the dispatcher: same geometry as PyTorch's, the same storage, no
     launch; host-backed (int32) views read and write the storage's own values."""
-    from revati.adapters.cuda import tensor
-
-    dispatched: list[Any] = []
-    real_dispatch = tensor.dispatch
-    monkeypatch.setattr(tensor, "dispatch",
-                        lambda func, *a: dispatched.append(func) or real_dispatch(func, *a))
     cpu = torch.arange(6 * 5, dtype=torch.float32).reshape(6, 5).to(dtype)
     big = torch.zeros(6, 1 << 18, dtype=dtype, device="cuda")[:, :5]  # meta-backed
     for grad_off in (torch.no_grad, torch.inference_mode):
@@ -555,15 +560,9 @@ def test_a_parameters_slice_under_no_grad_needs_no_grad(vcuda: Any, link: Record
 @pytest.mark.parametrize("index", [slice(1, 4), (slice(None), 2), -1,
                                    (slice(0, 6, 2), slice(1, 3)), (Ellipsis, slice(0, 2))])
 def test_basic_assignment_without_autograd_is_one_fill_or_copy(
-        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch, index: Any) -> None:
+        vcuda: Any, link: RecordingLink, dispatched: list[str], index: Any) -> None:
     """`t[index] = number` / `= tensor` under no_grad: PyTorch's own semantics (the view,
     then fill_ / copy_ with broadcasting), dispatched as that one op."""
-    from revati.adapters.cuda import tensor
-
-    dispatched: list[str] = []
-    real_dispatch = tensor.dispatch
-    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: dispatched.append(
-        func._schema.name) or real_dispatch(func, *a))
     want = torch.arange(30, dtype=torch.int32).reshape(6, 5)
     got = want.cuda()
     row = torch.tensor([7], dtype=torch.int32)
@@ -581,17 +580,11 @@ def test_basic_assignment_without_autograd_is_one_fill_or_copy(
 
 
 def test_an_assignment_by_index_tensors_is_one_index_put(
-        vcuda: Any, link: RecordingLink, monkeypatch: pytest.MonkeyPatch) -> None:
+        vcuda: Any, link: RecordingLink, dispatched: list[str]) -> None:
     """`t[ids] = v` and `t[rows, cols] = v` with integer index tensors under no_grad (SGLang's
     request-to-token table and overlap buffers, every step): PyTorch's own result, dispatched
     as the one index_put_ its indexing ends in. Other indices and values take PyTorch's own
     path, errors included."""
-    from revati.adapters.cuda import tensor
-
-    dispatched: list[str] = []
-    real_dispatch = tensor.dispatch
-    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: dispatched.append(
-        func._schema.name) or real_dispatch(func, *a))
     want = torch.zeros(6, 5, dtype=torch.int64)
     got = want.cuda()
     rows, cols = torch.tensor([4, 0]), torch.tensor([1, 3], dtype=torch.int32)
@@ -621,16 +614,10 @@ def test_an_assignment_by_index_tensors_is_one_index_put(
 
 
 def test_a_dtype_conversion_is_one_copy_kernel(vcuda: Any, link: RecordingLink,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               dispatched: list[str]) -> None:
     """`t.to(dtype)` under inference mode: `t` itself where the dtype is the same, else one
     `_to_copy` with the converted values, without the composite's second trip through the
     dispatcher."""
-    from revati.adapters.cuda import tensor
-
-    dispatched: list[str] = []
-    real_dispatch = tensor.dispatch
-    monkeypatch.setattr(tensor, "dispatch", lambda func, *a: dispatched.append(
-        func._schema.name) or real_dispatch(func, *a))
     ids = torch.tensor([3, 70_000, -2]).cuda()
     with torch.inference_mode():
         assert ids.to(torch.int64) is ids
