@@ -60,10 +60,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _sku_spec(sku: str, profiles: list[Path]) -> tuple[str, dict[str, Any], str]:
     """A SKU's key, spec and where the spec came from: specs.json, or for a device that is not
-    there (host-cpu) the spec.json the profiler wrote."""
+    there (host-cpu) the spec.json the profiler wrote. A specs.json SKU takes from its profile
+    what only a measurement knows: its slowdown after idle (`wake`, predictors/wake.py)."""
     try:
         key = canonical(sku)
-        return key, spec(key), "specs.json"
+        entry = spec(key)
+        for d in profiles:
+            measured = json.loads((d / "spec.json").read_text()) \
+                if (d / "spec.json").exists() else {}
+            if measured.get("wake"):
+                return key, {**entry, "wake": measured["wake"]}, \
+                    f"specs.json, wake from profile:{d.name}/spec.json"
+        return key, entry, "specs.json"
     except UnknownSku:
         for d in profiles:
             if (d / "spec.json").exists():

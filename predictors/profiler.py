@@ -47,6 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from revati.predictors import wake
 from revati.predictors.dataset import write_profile
 from revati.predictors.launch import DTYPE_BYTES, Collective, Family
 
@@ -477,6 +478,73 @@ def model_cases(dev: Device, cfg: dict[str, Any], top: int, pool: int | None = N
             "memory": memory_cases(dev, tokens, widths, vocab=cfg["vocab_size"], pool=pool)}
 
 
+# The wake probe's step: this many tokens (a prefill's size: what follows a serving engine's
+# idle spells), this much work at least (the slowdown fades over tens of ms on a CPU).
+WAKE_ROWS = 48
+WAKE_STEP_S = 0.05
+
+
+def wake_step(dev: Device, shapes: Sequence[tuple[int, int]], dtype: str, pool: int,
+              ) -> Callable[[], list[float]]:
+    """A step for wake.measure: linear layers of `shapes` (a model's layer, in order) at
+    WAKE_ROWS tokens, over weights that span `pool` (each read once a pass, as a forward pass
+    reads them), as many passes as make WAKE_STEP_S; it returns each GEMM's ns (on a GPU from
+    CUDA events between the launches)."""
+    weights: list[Any] = []
+    while not weights or _nbytes(*weights) < pool:
+        weights += [dev.tensor(n, k, dtype=dtype) for n, k in shapes]
+    inputs = {k: dev.tensor(WAKE_ROWS, k, dtype=dtype) for _, k in shapes}
+    calls = [partial(F.linear, inputs[w.shape[1]], w) for w in weights]
+    for call in calls:
+        call()
+    dev.sync()
+    t0 = time.perf_counter()
+    for call in calls:
+        call()
+    dev.sync()
+    calls *= max(1, math.ceil(WAKE_STEP_S / max(time.perf_counter() - t0, 1e-6)))
+    if dev.kind == "cpu":
+        def step() -> list[float]:
+            clock = time.perf_counter_ns
+            out = []
+            t = clock()
+            for call in calls:
+                call()
+                now = clock()
+                out.append(float(now - t))
+                t = now
+            return out
+        return step
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(len(calls) + 1)]
+
+    def gpu_step() -> list[float]:
+        marks[0].record()
+        for call, mark in zip(calls, marks[1:], strict=True):
+            call()
+            mark.record()
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) * 1e6 for a, b in itertools.pairwise(marks)]
+    return gpu_step
+
+
+def measure_wake(dev: Device, cfg: dict[str, Any] | None, pool: int, rounds: int,
+                 ) -> wake.WakeModel:
+    """The device's slowdown after idle (predictors/wake.py), on `cfg`'s layer shapes (without
+    one, a layer of the generic GEMM grid's: 512 wide on a CPU, 4096 on a GPU)."""
+    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    hidden, inter = (512, 2048) if dev.kind == "cpu" else (4096, 11008)
+    shapes = _layer_linears(cfg) if cfg else [(hidden, hidden)] * 4 + [(inter, hidden)] * 2 + [
+        (hidden, inter)]
+    t0 = time.monotonic()
+    model = wake.measure(wake_step(dev, shapes, dtype, pool), time.sleep, rounds)
+    print("profiler: wake: after " + ", ".join(
+        f"{g / 1e6:g} ms idle +{k / 1e3:.0f} us and {s:.1%}" for g, k, s in zip(
+            model.gaps_ns, model.kick_ns, model.slowdown, strict=True))
+          + f", fading over {model.decay_ns / 1e6:.0f} ms ({time.monotonic() - t0:.0f} s)",
+          file=sys.stderr, flush=True)
+    return model
+
+
 def measure(dev: Device, grids: Callable[[], dict[str, Iterator[Case]]], names: set[str],
             env: dict[str, str], passes: int = 1) -> dict[str, list[dict[str, Any]]]:
     """Time every case of the grids `names` (of `grids()`, one grid per family) in `passes`
@@ -700,8 +768,10 @@ def _pcie() -> dict[str, float]:
     return {"bytes_per_s": (1 << 26) / copy_s(1 << 26), "latency_s": copy_s(4096)}
 
 
-def device_spec(dev: Device, rows: list[dict[str, Any]], env: dict[str, str]) -> dict[str, Any]:
-    """A specs.json entry for this device, with the peaks measured here."""
+def device_spec(dev: Device, rows: list[dict[str, Any]], env: dict[str, str],
+                woken: wake.WakeModel | None = None) -> dict[str, Any]:
+    """A specs.json entry for this device, with the peaks measured here (and `woken`, its
+    slowdown after idle, when measured)."""
     flops = {d: r for d in ("fp32", "bf16", "fp16")
              if (r := _best_rate(rows, "GEMM", d, lambda f: 2 * f[0] * f[1] * f[2] * f[3]))}
     bandwidth = _best_rate(rows, "MEMORY", None, lambda f: f[0])
@@ -710,6 +780,8 @@ def device_spec(dev: Device, rows: list[dict[str, Any]], env: dict[str, str]) ->
     spec: dict[str, Any] = {"name": env["device_name"], "aliases": [],
                             "flops": flops, "hbm_bytes_per_s": bandwidth or 1e10,
                             "launch_overhead_s": floor_s, "measured": True}
+    if woken is not None:
+        spec["wake"] = woken.to_spec()
     if dev.kind == "cuda":
         p = torch.cuda.get_device_properties(0)
         spec.update(capability=[p.major, p.minor], sm_count=p.multi_processor_count,
@@ -750,6 +822,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the served model's weights (MiB): a GEMM's weight copies span this "
                     "much, capped at twice the last-level cache (default: the cap; with "
                     "--model, that model's weights)")
+    ap.add_argument("--wake-rounds", type=int, default=20,
+                    help="time the slowdown after idle (predictors/wake.py) over this many "
+                    "rounds of its idle spells, with the GEMMs (default 20, ~1 s each on a "
+                    "CPU; 0: not)")
     ap.add_argument("--specs", action="store_true",
                     help="print this device's spec entry (measured on a small grid) and exit")
     args = ap.parse_args(argv)
@@ -784,8 +860,13 @@ def main(argv: list[str] | None = None) -> int:
     if "collective" in families and dev.kind == "cuda" and torch.cuda.device_count() > 1:
         rows_by_family["collective"] = collective_rows(torch.cuda.device_count(), dev.repeats,
                                                        env)
+    woken = None
+    if "gemm" in families and args.wake_rounds > 0 and not args.specs:
+        woken = measure_wake(dev, cfg, pool or working_set(
+            dev.kind, cfg and weight_bytes(cfg, "fp32" if dev.kind == "cpu" else "bf16")),
+            args.wake_rounds)
     rows = [r for rs in rows_by_family.values() for r in rs]
-    spec = device_spec(dev, rows, env)
+    spec = device_spec(dev, rows, env, woken)
     if args.specs:
         print(json.dumps(spec, indent=1))
         return 0

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from revati.predictors.launch import DTYPE_BYTES, Collective, CopyDirection, Family, LaunchEvent
+from revati.predictors.wake import WakeModel
 
 # Peak a dtype falls back to when the SKU lists none for it: no fp8 tensor cores means the
 # kernel runs at 16-bit rate; integer and fp64 work runs on the fp32 pipes.
@@ -38,6 +39,7 @@ class Hardware:
     link_latency_s: float
     pcie_bytes_per_s: float
     pcie_latency_s: float
+    wake: WakeModel | None = None  # its slowdown after idle, where a profile measured one
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Hardware:
@@ -47,7 +49,8 @@ class Hardware:
             hbm_bytes_per_s=float(spec["hbm_bytes_per_s"]),
             launch_overhead_s=float(spec["launch_overhead_s"]),
             link_bytes_per_s=float(link["bytes_per_s"]), link_latency_s=float(link["latency_s"]),
-            pcie_bytes_per_s=float(pcie["bytes_per_s"]), pcie_latency_s=float(pcie["latency_s"]))
+            pcie_bytes_per_s=float(pcie["bytes_per_s"]), pcie_latency_s=float(pcie["latency_s"]),
+            wake=WakeModel.from_spec(spec.get("wake")))
 
     def peak_flops(self, dtype: str) -> float:
         if dtype in self.flops:

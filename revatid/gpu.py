@@ -19,6 +19,11 @@ stream keeps `shift`, the kernel time launched since the host last waited, and a
 time t starts at max(ready, t + shift). A host sync at time `now` waits until now + shift (the
 host's time since its last launch comes after the kernels, not beside them) and clears the
 shift. The host waits once per sync, as on a GPU, instead of after every launch.
+
+A device whose profile measured a slowdown after idle (`wake`, predictors/wake.py) runs the
+kernels that follow an idle spell slower: each process's device keeps when its last kernel
+ends and how cold it is; a launch that starts after a gap gets colder by the gap, and takes
+the model's extra time while the cold fades with the work done.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from revati.predictors.launch import Family, LaunchEvent
+from revati.predictors.wake import COLD_FLOOR, WakeModel
 from revati.revatid.protocol import (
     ITEM_COLLECTIVE,
     ITEM_HOST_WAIT,
@@ -80,6 +86,9 @@ class GpuTimeline:
         self.launches = 0
         self.collectives = 0
         self.synchronous = False  # the device runs kernels on the launching thread (a CPU)
+        self.wake: WakeModel | None = None  # from the predictor's device, when it loads
+        self.warmth: dict[tuple[int, int], tuple[int, float]] = {}  # (pid, device) ->
+        # (when its last kernel ends, how cold it is)
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, callback: Callable[[], None]) -> None:
@@ -122,6 +131,7 @@ class GpuTimeline:
     def predictor(self) -> Predictor:
         if self._predictor is None:
             self._predictor = self._load_predictor()
+            self.wake = getattr(getattr(self._predictor, "hw", None), "wake", None)
         return self._predictor
 
     def prediction_sources(self) -> dict[str, int]:
@@ -162,13 +172,12 @@ class GpuTimeline:
         kind = item[0]
         if kind == ITEM_LAUNCH:
             _, device, stream, count, ev, dur = item
+            start = max(s.ready, ev.t_ns + s.shift) if self.synchronous else max(s.ready, ev.t_ns)
+            if self.wake is not None:
+                dur += self._woken(pid, device, start, count * dur) // count
+            s.ready = start + count * dur
             if self.synchronous:
-                start = max(s.ready, ev.t_ns + s.shift)
-                s.ready = start + count * dur
                 s.shift = s.ready - ev.t_ns
-            else:
-                start = max(s.ready, ev.t_ns)
-                s.ready = start + count * dur
             self.trace.kernel(pid, device, stream, ev, start, dur, count)
             return False
         if kind == ITEM_RECORD:
@@ -197,6 +206,21 @@ class GpuTimeline:
             return False
         self._complete(group, seq, rv)
         return True
+
+    def _woken(self, pid: int, device: int, start: int, busy: int) -> int:
+        """The extra ns of `busy` ns of kernels from `start` on a device that may have idled
+        (the wake model); a process's first kernel finds its device idle since ever."""
+        assert self.wake is not None
+        until, cold = self.warmth.get((pid, device), (-1 << 62, 0.0))
+        extra = 0
+        if start > until:
+            extra, fresh = self.wake.after(start - until)
+            cold = max(cold, fresh)
+        if cold >= COLD_FLOOR:
+            fading, cold = self.wake.run(cold, busy)
+            extra += fading
+        self.warmth[(pid, device)] = (max(until, start + busy + extra), cold)
+        return extra
 
     def _complete(self, group: str, seq: int, rv: Rendezvous) -> None:
         del self.rendezvous[(group, seq)]
@@ -277,6 +301,8 @@ class GpuTimeline:
             del self.streams[key]
         for key in [k for k in self.events if k[0] == pid]:
             del self.events[key]
+        for key in [k for k in self.warmth if k[0] == pid]:
+            del self.warmth[key]
 
 
 _FAMILIES = {int(f): f for f in Family}

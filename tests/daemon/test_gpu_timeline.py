@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -244,3 +245,54 @@ def test_two_ranks_leave_a_collective_together(daemon: Daemon, tmp_path: Path) -
     # the first rank to wake reads the completion time; the other may wait for a CPU
     assert min(r["end"] for r in ranks.values()) - done_ns < 200_000
     assert summary["counters"]["collectives"] == 1
+
+
+class Woken(PerOp):
+    """A device measured to slow down after idle: 1 ms idle or more adds 100 us to the next
+    kernel and leaves it 10% slower, fading over 1 ms of work."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        super().__init__(table)
+        from revati.predictors.wake import WakeModel
+
+        self.hw = type("Hw", (), {"wake": WakeModel((1_000_000,), (100_000.0,), (0.1,),
+                                                    1_000_000.0)})()
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_kernels_after_an_idle_spell_run_slower(synchronous: bool) -> None:
+    tl = GpuTimeline(lambda: Woken({"a": 100_000, "b": 10_000_000}), Trace())
+    tl.synchronous = synchronous
+    last = 0  # the host time of the latest launch
+
+    def idle_then(op: str, gap: int) -> int:
+        """Launch `op` to start `gap` ns after the stream's last kernel ends; its duration."""
+        nonlocal last
+        # a CPU's launch starts its own kernel time after the host's (the shift), a GPU's
+        # when it is launched
+        last = last + gap if synchronous else tl.stream_ready(1, 0, 0) + gap
+        tl.submit(1, [launch(op, last)])
+        return list(tl.trace.kernel_spans())[-1][5]
+
+    # the process's first kernel wakes its device; a second right after pays only the fade
+    fade = 0.1 * 1_000_000 * (1 - math.exp(-0.1))
+    assert idle_then("a", 0) == 100_000 + 100_000 + int(fade)
+    assert idle_then("a", 0) == 100_000 + int(fade * math.exp(-0.1))
+    # 10 ms of work take the rest of the fade, and leave the device warm
+    assert idle_then("b", 0) == 10_000_000 + int(0.1 * math.exp(-0.2) * 1_000_000
+                                                  * (1 - math.exp(-10)))
+    # 0.5 ms apart (the host's own work, shorter than the shortest spell measured): as
+    # predicted; after 5 ms idle: slower again
+    assert idle_then("a", 500_000) == 100_000
+    assert idle_then("a", 5_000_000) == 100_000 + 100_000 + int(fade)
+    # another process's device is its own: it wakes from its own idle
+    tl.submit(2, [launch("a", last)])
+    assert list(tl.trace.kernel_spans())[-1][5] > 200_000
+    tl.forget(1)
+    assert (1, 0) not in tl.warmth and (2, 0) in tl.warmth
+
+
+def test_a_device_without_a_wake_model_times_kernels_as_predicted() -> None:
+    tl = timeline(a=100)
+    tl.submit(1, [launch("a", 0), launch("a", 10_000_000_000)])
+    assert tl.wake is None and [k[5] for k in tl.trace.kernel_spans()] == [100, 100]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,18 @@ def test_eval_errors(tmp_path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "mlp.csv").write_text("x\n")
     assert cli.main(["eval", "--sku", "tpu-v5", "--vidur-csv", str(tmp_path / "mlp.csv")]) == 2
     assert "unknown GPU SKU" in capsys.readouterr().err
+
+
+def test_a_known_sku_takes_its_measured_wake_from_the_profile(tmp_path: Path) -> None:
+    """specs.json holds an H100's figures; only a profile knows how it slows after idle."""
+    from revati.predictors.skus import spec
+
+    wake = {"gaps_s": [0.01], "kick_s": [1e-4], "slowdown": [0.05], "decay_s": 0.02}
+    prof = tmp_path / "h100"
+    prof.mkdir()
+    (prof / "spec.json").write_text(json.dumps({"name": "NVIDIA H100", "flops": {}}))
+    key, entry, source = cli._sku_spec("H100", [prof])
+    assert (key, entry, source) == ("h100", spec("h100"), "specs.json")
+    (prof / "spec.json").write_text(json.dumps({"name": "NVIDIA H100", "wake": wake}))
+    key, entry, source = cli._sku_spec("H100", [prof])
+    assert entry == {**spec("h100"), "wake": wake} and "wake from profile:h100" in source

@@ -27,7 +27,8 @@ def test_cpu_profile_trains_a_host_cpu_bundle(tmp_path: Path) -> None:
     out = tmp_path / "profile"
     env = {k: v for k, v in os.environ.items() if k != "REVATI_SESSION"}
     r = subprocess.run([sys.executable, "-m", "revati.predictors.profiler", "--out", str(out),
-                        "--device", "cpu", "--quick"], capture_output=True, text=True,
+                        "--device", "cpu", "--quick", "--wake-rounds", "2"],
+                       capture_output=True, text=True,
                        timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [
@@ -42,6 +43,9 @@ def test_cpu_profile_trains_a_host_cpu_bundle(tmp_path: Path) -> None:
         Family.GEMM, Family.ATTENTION, Family.MEMORY}
     spec = json.loads((out / "spec.json").read_text())
     assert spec["flops"]["fp32"] > 1e9 and spec["sm_count"] >= 1
+    # the slowdown after idle, one kick and one slowdown per idle spell timed
+    assert len(spec["wake"]["gaps_s"]) == len(spec["wake"]["kick_s"]) == len(
+        spec["wake"]["slowdown"]) == 4 and spec["wake"]["decay_s"] > 0
 
     bundles = tmp_path / "bundles"
     assert cli.main(["train", "--sku", "host-cpu", "--profile", str(out),

@@ -273,7 +273,7 @@ def test_model_profile_on_cpu(tmp_path: Path) -> None:
     from revati.predictors.profiler import main as profile
 
     assert profile(["--device", "cpu", "--model", "Llama-tiny", "--max-tokens", "4",
-                    "--repeats", "1", "--out", str(tmp_path)]) == 0
+                    "--repeats", "1", "--wake-rounds", "1", "--out", str(tmp_path)]) == 0
     rows = read_profiles(tmp_path)
     events = [r.events[0] for r in rows]
     # Llama-tiny: q/o [512, 512], k/v [128, 512], gate/up and the LM head [2048, 512], down
