@@ -9,6 +9,8 @@ otherwise. These stand-ins emit one MEMORY launch with the bytes the fused kerne
 return outputs of the right shape; activations are never computed. The registry is keyed on the
 exact class, so each subclass that only changes the op's parameters (Llama 3's scaled rope, ...)
 is registered too; those with a forward of their own (mrope, ...) keep their native path.
+`ClampPositionOp` (a decode batch's positions from its sequence lengths) computes values the
+host may read, so its stand-in computes them too.
 Same model as adapters/vllm/custom_ops.py. `REVATI_SGLANG_FUSED_OPS=0` leaves them out (SGLang's
 native decompositions), for comparisons.
 """
@@ -18,10 +20,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 
 from revati.adapters.cuda import launch
 from revati.adapters.cuda.ops import dtype_name
+from revati.adapters.cuda.state import S
+from revati.adapters.cuda.tensor import VirtualTensor, emit, host_array, new_tensor
 from revati.predictors.launch import Family
 
 PLATFORM_KEY = "revati"
@@ -76,8 +81,32 @@ def rotary(self: Any, positions: torch.Tensor, query: torch.Tensor, key: torch.T
     return query, key
 
 
+def clamp_position(self: Any, seq_lens: torch.Tensor) -> torch.Tensor:
+    """positions = max(seq_lens - 1, 0) as int64: on an H100 SGLang's JIT kernel into a tensor
+    like `seq_lens`, then the cast, two launches (forward_native takes three, and three trips
+    through the dispatcher: ~2% of the scheduler's time in the demo). The values are computed
+    on the host where `seq_lens` keeps them."""
+    if type(seq_lens) is not VirtualTensor or seq_lens.dim() != 1:
+        return self.forward_native(seq_lens)
+    link = S.link()
+    with link.freeze():
+        n, size = seq_lens.numel(), seq_lens.element_size()
+        out = new_tensor([n], [1], torch.int64, seq_lens._d, "aten::empty")
+        if seq_lens._a.host is not None and out._a.host is not None:
+            np.maximum(host_array(seq_lens) - 1, 0, out=host_array(out))
+        emit(link, seq_lens._d, _MEMORY, "sglang::clamp_position", dtype_name(seq_lens.dtype),
+             (2 * n * size, n))
+        emit(link, seq_lens._d, _MEMORY, "aten::_to_copy", dtype_name(seq_lens.dtype),
+             (n * size + n * 8, n))
+    return out
+
+
+_MEMORY = int(Family.MEMORY)
+
+
 def _same_forward(cls: type, base: type) -> bool:
-    return all(getattr(cls, m) is getattr(base, m) for m in ("forward_native", "forward_cuda"))
+    return all(getattr(cls, m, None) is getattr(base, m, None)
+               for m in ("forward_native", "forward_cuda", "forward_jit"))
 
 
 def _family(base: type) -> list[type]:
@@ -97,11 +126,12 @@ def register() -> None:
         return
     import sglang.srt.layers.rotary_embedding  # noqa: F401  (loads the rope subclasses)
     from sglang.kernels.fused_op import BaseFusedOp
+    from sglang.kernels.ops.attention.clamp_position import ClampPositionOp
     from sglang.srt.layers.activation import SiluAndMul
     from sglang.srt.layers.layernorm import RMSNorm
     from sglang.srt.layers.rotary_embedding.base import RotaryEmbedding
 
     for base, fn in ((RMSNorm, rms_norm), (SiluAndMul, silu_and_mul),
-                     (RotaryEmbedding, rotary)):
+                     (RotaryEmbedding, rotary), (ClampPositionOp, clamp_position)):
         for cls in _family(base):
             BaseFusedOp.register_oot_forward(cls, fn, PLATFORM_KEY)

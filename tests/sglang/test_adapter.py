@@ -129,6 +129,7 @@ def test_the_backend_registers_with_sglang() -> None:
 
 def test_fused_op_stand_ins_register_for_the_op_and_its_parameter_only_subclasses() -> None:
     from sglang.kernels.fused_op import BaseFusedOp
+    from sglang.kernels.ops.attention.clamp_position import ClampPositionOp
     from sglang.srt.layers.activation import SiluAndMul
     from sglang.srt.layers.layernorm import RMSNorm
     from sglang.srt.layers.rotary_embedding.mrope import MRotaryEmbedding
@@ -140,6 +141,7 @@ def test_fused_op_stand_ins_register_for_the_op_and_its_parameter_only_subclasse
     reg = BaseFusedOp._oot_forward_registry["revati"]
     assert reg[RMSNorm] is fused_ops.rms_norm and reg[SiluAndMul] is fused_ops.silu_and_mul
     assert reg[Llama3RotaryEmbedding] is fused_ops.rotary
+    assert reg[ClampPositionOp] is fused_ops.clamp_position
     assert MRotaryEmbedding not in reg  # a forward of its own: its native path stays
 
 
@@ -170,6 +172,28 @@ def test_fused_op_stand_ins_emit_one_launch_each(vcuda: Any, link: RecordingLink
         (Family.MEMORY, "sglang::rmsnorm"), (Family.MEMORY, "sglang::fused_add_rmsnorm"),
         (Family.MEMORY, "sglang::silu_and_mul"), (Family.MEMORY, "sglang::rotary_embedding")]
     assert launches[0].feats == (2 * t * h * 2 + h * 2, t * h)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_clamp_position_computes_a_decode_batchs_positions_in_two_launches(
+        vcuda: Any, link: RecordingLink, dtype: torch.dtype) -> None:
+    """The values the native path gives (the host may read them), the JIT kernel's and the
+    cast's launches on a real GPU."""
+    from sglang.kernels.ops.attention.clamp_position import ClampPositionOp
+
+    from revati.adapters.sglang import fused_ops
+
+    op = ClampPositionOp()
+    seq_lens = torch.tensor([0, 1, 7, 130], dtype=dtype, device="cuda")
+    n = len(link.launches)
+    positions = fused_ops.clamp_position(op, seq_lens)
+    assert positions.device.type == "cuda" and positions.dtype == torch.int64
+    assert positions.tolist() == op.forward_native(seq_lens).tolist() == [0, 0, 6, 129]
+    size = seq_lens.element_size()
+    assert [(e.op, e.feats) for e in link.launches[n:n + 2]] == [
+        ("sglang::clamp_position", (2 * 4 * size, 4)), ("aten::_to_copy", (4 * size + 32, 4))]
+    host = torch.tensor([3, 0])
+    assert fused_ops.clamp_position(op, host).tolist() == [2, 0]  # not virtual: native
 
 
 def test_the_token_oracle_takes_the_models_vocabulary_and_leaves_out_its_eos(vcuda: Any) -> None:
