@@ -124,6 +124,10 @@ def hook_costs(reps: int) -> None:
             ("embedding lookup of 8 ids", median_us(lambda: F.embedding(ids, w), reps)),
             ("argmax + tolist (sync + oracle)",
              median_us(lambda: logits.argmax(-1).tolist(), reps)),
+            ("torch.zeros(8, int32, device=cuda)",
+             median_us(lambda: torch.zeros(8, dtype=torch.int32, device="cuda"), reps)),
+            ("torch.arange(9, int32, device=cuda)",
+             median_us(lambda: torch.arange(9, dtype=torch.int32, device="cuda"), reps)),
             ("for scale: eager CPU meta linear",
              median_us(lambda: F.linear(cpu_x.to("meta"), cpu_w.to("meta")), reps)),
         ]

@@ -215,7 +215,7 @@ def _functional(kind: Collective, out_rows: Callable[[int, int], int], inplace: 
         link = S.link()
         with link.freeze():
             shape = [rows, *inp.shape[1:]] if inp.dim() else []
-            out = tensor.new_tensor(shape, tensor._contiguous_strides(shape), inp.dtype, inp._d,
+            out = tensor.new_tensor(shape, tensor.contiguous_strides(shape), inp.dtype, inp._d,
                                     info.name)
             if rows == inp.shape[0] and out._a.host is not None and inp._a.host is not None:
                 tensor.host_values(out).copy_(tensor.host_values(inp))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.utils._device
 
-from revati.adapters.cuda import graphs, streams, tensor
+from revati.adapters.cuda import factories, graphs, streams, tensor
 from revati.adapters.cuda.state import THREAD, S
 
 _CUDA = int(torch._C._autograd.DeviceType.CUDA)
@@ -340,9 +340,17 @@ def _is_pinned(self: torch.Tensor, device: Any = None) -> bool:
     return not isinstance(self, tensor.VirtualTensor) and tensor.is_pinned(self)
 
 
-def _pinning(factory: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def _pinning(factory: Callable[..., torch.Tensor],
+             build: Callable[[tuple[Any, ...], dict[str, Any]], torch.Tensor | None] | None = None,
+             ) -> Callable[..., torch.Tensor]:
+    """`factory` with `pin_memory` marking pinned host tensors, after `build` (a factories
+    builder) for the calls it makes directly."""
     @functools.wraps(factory)
     def make(*args: Any, pin_memory: bool = False, **kwargs: Any) -> torch.Tensor:
+        if build is not None and not pin_memory:
+            made = build(args, kwargs)
+            if made is not None:
+                return made
         out = factory(*args, **kwargs)
         if pin_memory and out.device.type == "cpu":
             tensor.mark_pinned(out)
@@ -475,7 +483,11 @@ def patch() -> None:
         # on first use: build it now, with the functions our wrappers end up calling.
         torch.utils._device._device_constructors()
         for name in _PINNABLE:
-            wrap = _tensor_from_data if name == "tensor" else _pinning
-            setattr(torch, name, wrap(getattr(torch, name)))
+            original = getattr(torch, name)
+            if name == "tensor":
+                setattr(torch, name, _tensor_from_data(original))
+            else:
+                build = factories.builder(name) if name in factories.DIRECT else None
+                setattr(torch, name, _pinning(original, build))
     if torch.version.cuda is None:  # the CPU-only build: say what a CUDA 12 build says
         torch.version.cuda = "12.8"

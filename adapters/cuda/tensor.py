@@ -293,6 +293,14 @@ def new_tensor(size: Sequence[int], stride: Sequence[int], dtype: torch.dtype, d
     return _wrap(size, stride, 0, dtype, dev, Allocation(S.mem[dev], nbytes, None, origin), None)
 
 
+def adopt(host: torch.Tensor, dev: int, origin: str) -> VirtualTensor:
+    """A fresh allocation holding `host`'s values: a contiguous CPU tensor of its own storage,
+    small enough to be host-backed (host_limit)."""
+    storage = host.untyped_storage()
+    return _wrap(host.shape, host.stride(), 0, host.dtype, dev,
+                 Allocation(S.mem[dev], storage.nbytes(), storage, origin), host)
+
+
 def uva_view(cpu: torch.Tensor, dev: int) -> VirtualTensor:
     """A `cuda:dev` view of host memory (CUDA's UVA): kernels read and write the host's values
     in place, so the view is host-backed by `cpu`'s own storage, whatever its size, and takes
@@ -876,7 +884,7 @@ def _to_copy(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]
         dtype = kwargs.get("dtype") or t.dtype
         emit(link, target, _P2P, "aten::_to_copy", ops.dtype_name(t.dtype),
              (ops.tensor_bytes(t), t._d))
-        out = new_tensor(t.shape, _contiguous_strides(t.shape), dtype, target, "aten::_to_copy")
+        out = new_tensor(t.shape, contiguous_strides(t.shape), dtype, target, "aten::_to_copy")
         if out._a.host is not None:
             host_values(out).copy_(host_values(t))
         return out
@@ -936,7 +944,7 @@ _TO_COPY = torch.ops.aten._to_copy.default
 _TO_DTYPE = torch.ops.aten.to.dtype
 
 
-def _contiguous_strides(size: Sequence[int]) -> list[int]:
+def contiguous_strides(size: Sequence[int]) -> list[int]:
     strides, acc = [], 1
     for s in reversed(size):
         strides.append(acc)
@@ -974,7 +982,7 @@ def _set(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) ->
 
 def _resize(func: Any, info: _Info, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     t, size = args[0], list(args[1])
-    resize(t, size, _contiguous_strides(size), 0 if t.numel() == 0 else None)
+    resize(t, size, contiguous_strides(size), 0 if t.numel() == 0 else None)
     return t
 
 
@@ -1048,7 +1056,7 @@ def _empty_kernel(size: Sequence[int], dtype: torch.dtype | None = None, layout:
                   memory_format: Any = None) -> VirtualTensor:
     dtype = dtype or torch.get_default_dtype()
     if memory_format is None or memory_format == torch.contiguous_format:
-        stride: Sequence[int] = _contiguous_strides(size)
+        stride: Sequence[int] = contiguous_strides(size)
     else:
         stride = torch.empty(size, dtype=dtype, device=_META, memory_format=memory_format).stride()
     return _create(size, stride, dtype, device)
