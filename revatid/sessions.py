@@ -25,6 +25,7 @@ from revati.adapters.clock._vclock import MAX_SLOTS, NO_DEADLINE, Page
 from revati.predictors import registry
 from revati.predictors.bundle import Bundle
 from revati.predictors.skus import UnknownSku, device_spec, resolve
+from revati.predictors.wake import WakeModel
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
 from revati.revatid.procwatch import ProcWatch, alive, looks_like_python
@@ -88,6 +89,17 @@ def _load_predictor(sku: str, options: dict[str, Any]) -> Predictor:
     return registry.load_predictor(sku)
 
 
+def _checked_spec(sku: str) -> dict[str, Any]:
+    """The device's spec, its measured parts checked now: a bad one would otherwise fail the
+    session's first launch, inside the program."""
+    spec = device_spec(sku)
+    try:
+        WakeModel.from_spec(spec.get("wake"))
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{sku}'s bundle: {exc}") from None
+    return spec
+
+
 class Session:
     def __init__(self, gpu: str, num_gpus: int, options: dict[str, Any],
                  loop: asyncio.AbstractEventLoop, on_end: Callable[[Session], None]) -> None:
@@ -124,7 +136,7 @@ class Session:
         self.ended_mono: float | None = None
         self.trace = Trace()
         self.timeline = GpuTimeline(lambda: _load_predictor(self.gpu, self.options), self.trace)
-        self.timeline.synchronous = bool(device_spec(self.gpu).get("synchronous"))
+        self.timeline.synchronous = bool(_checked_spec(self.gpu).get("synchronous"))
         self.participants: dict[int, Participant] = {}  # by slot
         self.expected: dict[int, float] = {}  # child pid -> monotonic time it was announced
         self.exited: list[dict[str, Any]] = []

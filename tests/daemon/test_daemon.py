@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -116,6 +117,27 @@ def test_errors_are_replies(daemon: Daemon) -> None:
             c.request("session.join", session=s["id"], pid=2**22 + 12345, role="actor")
         assert err.value.code == "no_process"
         assert c.request("ping")  # still serving on the same connection
+
+
+def test_a_profiled_device_with_a_bad_spec_is_refused_at_session_create(tmp_path: Path) -> None:
+    """A bundle whose measured spec is malformed says so when the session is asked for, not
+    at the program's first launch."""
+    bundle = tmp_path / "bundles" / "host-cpu"
+    bundle.mkdir(parents=True)
+    wake = {"gaps_s": [0.1, 0.01], "kick_s": [0, 0], "slowdown": [0.1, 0.1], "decay_s": 0.01}
+    spec = {"name": "Some CPU", "flops": {"fp32": 1e11}, "synchronous": True, "wake": wake}
+    (bundle / "bundle.json").write_text(json.dumps({"spec": spec}))
+    d = start_daemon(tmp_path / "revatid.sock", tmp_path / "revatid.log",
+                     env={**os.environ, "REVATI_BUNDLES": str(tmp_path / "bundles")})
+    try:
+        with d.client() as c:
+            with pytest.raises(DaemonError) as err:
+                c.request("session.create", gpu="host-cpu")
+            assert err.value.code == "bad_request"
+            assert "host-cpu's bundle: bad wake entry" in err.value.message
+            assert c.request("session.list")["sessions"] == []
+    finally:
+        d.stop()
 
 
 def test_empty_session_ends_by_itself(daemon: Daemon) -> None:
