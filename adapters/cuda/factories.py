@@ -37,6 +37,8 @@ def _sizes(args: tuple[Any, ...]) -> list[int] | None:
     None."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = tuple(args[0])
+    elif not args:  # no size at all: PyTorch's TypeError
+        return None
     if all(type(a) is int and a >= 0 for a in args):
         return list(args)
     return None
@@ -50,13 +52,15 @@ def _plan(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         if not 1 <= len(args) <= 3 or not all(type(a) is int for a in args):
             return None
         start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
-        if step == 0 or (dtype is not None and not isinstance(dtype, torch.dtype)):
-            return None
+        if (end - start) * step < 0 or step == 0 or (
+                dtype is not None and not isinstance(dtype, torch.dtype)):
+            return None  # PyTorch's error for a step of 0 or the wrong sign
         dtype = dtype or torch.int64
         return [max(0, math.ceil((end - start) / step))], dtype, lambda: torch.arange(
             start, end, step, dtype=dtype)
     if name == "full":
-        if len(args) != 2 or type(args[1]) not in _FULL_DTYPES or \
+        if len(args) != 2 or not isinstance(args[0], (tuple, list)) or \
+                type(args[1]) not in _FULL_DTYPES or \
                 (dtype is not None and not isinstance(dtype, torch.dtype)):
             return None
         size, value = _sizes(args[:1]), args[1]

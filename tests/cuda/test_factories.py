@@ -74,5 +74,11 @@ def test_other_forms_keep_pytorchs_path_and_its_errors(link: RecordingLink) -> N
         torch.zeros(-1, device="cuda")
     with pytest.raises(RuntimeError, match="step must be nonzero"):
         torch.arange(0, 4, 0, device="cuda")
+    with pytest.raises(RuntimeError, match="inconsistent with step sign"):
+        torch.arange(10, 2, device="cuda")
+    with pytest.raises(TypeError, match="missing 1 required positional"):
+        torch.zeros(device="cuda")
+    with pytest.raises(TypeError, match="must be tuple of ints"):
+        torch.full(3, 1.0, device="cuda")
     with pytest.raises(RuntimeError, match="invalid device ordinal"):
         torch.zeros(2, device="cuda:7")
