@@ -22,8 +22,9 @@ shift. The host waits once per sync, as on a GPU, instead of after every launch.
 
 A device whose profile measured a slowdown after idle (`wake`, predictors/wake.py) runs the
 kernels that follow an idle spell slower: each process's device keeps when its last kernel
-ends and how cold it is; a launch that starts after a gap gets colder by the gap, and takes
-the model's extra time while the cold fades with the work done.
+(or collective) ends and how cold it is; a launch that starts after a gap takes the model's
+extra time for that gap, and the launches after it theirs while the cold fades with the work
+done.
 """
 
 from __future__ import annotations
@@ -229,6 +230,9 @@ class GpuTimeline:
         self.collectives += 1
         for rank, (key, arrival, op) in rv.arrivals.items():
             self.trace.collective(key, op, group, rank, arrival, start, rv.duration)
+            if self.wake is not None:  # a device in a collective is busy, not idle
+                until, cold = self.warmth.get(key[:2], (end, 0.0))
+                self.warmth[key[:2]] = (max(until, end), cold)
             s = self.streams[key]
             s.blocked.popleft()  # the collective marker
             s.ready = max(s.ready, end)

@@ -292,6 +292,24 @@ def test_kernels_after_an_idle_spell_run_slower(synchronous: bool) -> None:
     assert (1, 0) not in tl.warmth and (2, 0) in tl.warmth
 
 
+def test_a_collective_keeps_its_devices_warm() -> None:
+    """Ranks busy in a 5 ms all-reduce are not idle: the kernel after it pays nothing."""
+    class WokenCollective(Woken):
+        def predict(self, events: list) -> list[int]:
+            return [5_000_000 if e.family == Family.COLLECTIVE else 100_000 for e in events]
+
+    tl = GpuTimeline(lambda: WokenCollective({}), Trace())
+    for rank in (0, 1):
+        pid = 10 + rank
+        tl.submit(pid, [launch("a", 0), launch("a", 0), launch("a", 0)])  # woken, then warm
+        tl.warmth[(pid, 0)] = (tl.warmth[(pid, 0)][0], 0.0)  # and fully warm
+    for rank in (0, 1):
+        tl.submit(10 + rank, [coll("tp", rank, tl.stream_ready(10 + rank, 0, 0))])
+    end = tl.stream_ready(10, 0, 0)
+    tl.submit(10, [launch("a", end)])
+    assert list(tl.trace.kernel_spans())[-1][5] == 100_000
+
+
 def test_a_device_without_a_wake_model_times_kernels_as_predicted() -> None:
     tl = timeline(a=100)
     tl.submit(1, [launch("a", 0), launch("a", 10_000_000_000)])
