@@ -14,7 +14,8 @@ size to --max-tokens, the masked attention of transformers' `paged|sdpa` (one pa
 of all queries over all keys, heads repeated) and the memory ops at its widths. Features follow
 the adapter's conventions (features.py). DIR also gets spec.json: the device's figures as a
 specs.json entry (measured peaks), which is the spec a bundle uses for a device that specs.json
-does not list (host-cpu).
+does not list (host-cpu), and the device's slowdown after idle (`--wake-rounds`,
+predictors/wake.py) as its `wake` entry.
 
 On CUDA each launch's time is its kernels' device time from torch.profiler (no launch gaps,
 as in Vidur's data); on CPU the wall time of the call. Medians over --repeats. A GEMM's weight
