@@ -26,7 +26,7 @@ import torch
 from revati.adapters.cuda import launch
 from revati.adapters.cuda.ops import dtype_name
 from revati.adapters.cuda.state import S
-from revati.adapters.cuda.tensor import VirtualTensor, emit, host_array, new_tensor
+from revati.adapters.cuda.tensor import VirtualTensor, host_array, new_tensor
 from revati.predictors.launch import Family
 
 PLATFORM_KEY = "revati"
@@ -88,20 +88,14 @@ def clamp_position(self: Any, seq_lens: torch.Tensor) -> torch.Tensor:
     on the host where `seq_lens` keeps them."""
     if type(seq_lens) is not VirtualTensor or seq_lens.dim() != 1:
         return self.forward_native(seq_lens)
-    link = S.link()
-    with link.freeze():
+    with S.link().freeze():
         n, size = seq_lens.numel(), seq_lens.element_size()
         out = new_tensor([n], [1], torch.int64, seq_lens._d, "aten::empty")
         if seq_lens._a.host is not None and out._a.host is not None:
             np.maximum(host_array(seq_lens) - 1, 0, out=host_array(out))
-        emit(link, seq_lens._d, _MEMORY, "sglang::clamp_position", dtype_name(seq_lens.dtype),
-             (2 * n * size, n))
-        emit(link, seq_lens._d, _MEMORY, "aten::_to_copy", dtype_name(seq_lens.dtype),
-             (n * size + n * 8, n))
+        _memory("sglang::clamp_position", seq_lens, 2 * n * size, n)
+        _memory("aten::_to_copy", seq_lens, n * size + n * 8, n)
     return out
-
-
-_MEMORY = int(Family.MEMORY)
 
 
 def _same_forward(cls: type, base: type) -> bool:
