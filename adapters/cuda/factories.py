@@ -30,6 +30,9 @@ _FILLS = {"zeros": "aten::zero_", "ones": "aten::fill_", "full": "aten::fill_",
           "arange": "aten::arange", "empty": None}
 DIRECT = frozenset(_FILLS)  # the factories built directly
 _FULL_DTYPES = {bool: torch.bool, int: torch.int64, float: None}  # None: the default dtype
+# The host values are made by torch's own functions, not by the names surface.patch wraps
+# (a CPU call of those would pass through this module's check again).
+_TORCH = torch._C._VariableFunctions
 
 
 def _sizes(args: tuple[Any, ...]) -> list[int] | None:
@@ -56,7 +59,7 @@ def _plan(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                 dtype is not None and not isinstance(dtype, torch.dtype)):
             return None  # PyTorch's error for a step of 0 or the wrong sign
         dtype = dtype or torch.int64
-        return [max(0, math.ceil((end - start) / step))], dtype, lambda: torch.arange(
+        return [max(0, math.ceil((end - start) / step))], dtype, lambda: _TORCH.arange(
             start, end, step, dtype=dtype)
     if name == "full":
         if len(args) != 2 or not isinstance(args[0], (tuple, list)) or \
@@ -65,13 +68,13 @@ def _plan(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
             return None
         size, value = _sizes(args[:1]), args[1]
         dtype = dtype or _FULL_DTYPES[type(value)] or torch.get_default_dtype()
-        return None if size is None else (size, dtype, lambda: torch.full(size, value,
+        return None if size is None else (size, dtype, lambda: _TORCH.full(size, value,
                                                                           dtype=dtype))
     size = _sizes(args)
     if size is None or (dtype is not None and not isinstance(dtype, torch.dtype)):
         return None
     dtype = dtype or torch.get_default_dtype()
-    maker = torch.ones if name == "ones" else torch.zeros  # empty: zeros, as new_tensor
+    maker = _TORCH.ones if name == "ones" else _TORCH.zeros  # empty: zeros, as new_tensor
     return size, dtype, lambda: maker(size, dtype=dtype)
 
 
