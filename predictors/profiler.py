@@ -69,6 +69,7 @@ class Device:
         self.kind = kind
         self.repeats = repeats
         self.torch = torch.device("cuda" if kind == "cuda" else "cpu")
+        self.dtype = "fp32" if kind == "cpu" else "bf16"  # what models are timed in here
 
     def sync(self) -> None:
         if self.kind == "cuda":
@@ -237,7 +238,7 @@ def _attn_feats(b: int, sq: int, skv: int, h: int, hkv: int, d: int,
 
 
 def attention_cases(dev: Device, quick: bool) -> Iterator[Case]:
-    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    dtype = dev.dtype
     # the name the adapter reports: on a GPU, SDPA without a mask runs the flash kernel
     sdpa = "aten::scaled_dot_product_attention" if dev.kind == "cpu" else \
         "aten::_scaled_dot_product_flash_attention"
@@ -317,7 +318,7 @@ def memory_cases(dev: Device, tokens: list[int], widths: list[int], vocab: int =
     which is where an input read again and again sits (on a Xeon with 2 MiB of L2 a [128, 512]
     add took 7.7 us so and 28-31 us inside the self-check's model; with inputs rotated through
     the model's 64 MiB, 32-40 us). A GPU's memory ops are not rotated (not measured there)."""
-    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    dtype = dev.dtype
     table = dev.tensor(vocab, max(widths), dtype=dtype)
     largest = max(tokens) * 2 * max(widths)  # elements of the largest group: (x, y) or x2
     span = pool // DTYPE_BYTES[dtype] if dev.kind == "cpu" else 0
@@ -466,14 +467,20 @@ def _masked_sdpa_op(heads: int, head_dim: int) -> str:
     return "aten::_scaled_dot_product_efficient_attention"
 
 
+def model_pool(dev: Device, cfg: dict[str, Any] | None) -> int:
+    """The bytes a GEMM's weight copies span by default: `cfg`'s weights (working_set), the
+    cap without a model."""
+    return working_set(dev.kind, weight_bytes(cfg, dev.dtype) if cfg else None)
+
+
 def model_cases(dev: Device, cfg: dict[str, Any], top: int, pool: int | None = None,
                 ) -> dict[str, Iterator[Case]]:
     """`pool`: as gemm_cases' (default: the model's weights, working_set)."""
-    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    dtype = dev.dtype
     tokens = [2**i for i in range(top.bit_length()) if 2**i <= top]
     widths = [cfg["hidden_size"], cfg["intermediate_size"]]
     if pool is None:
-        pool = working_set(dev.kind, weight_bytes(cfg, dtype))
+        pool = model_pool(dev, cfg)
     return {"gemm": model_gemm_cases(dev, cfg, top, dtype, pool),
             "attention": packed_attention_cases(dev, cfg, top, dtype, pool),
             "memory": memory_cases(dev, tokens, widths, vocab=cfg["vocab_size"], pool=pool)}
@@ -528,16 +535,17 @@ def wake_step(dev: Device, shapes: Sequence[tuple[int, int]], dtype: str, pool: 
     return gpu_step
 
 
-def measure_wake(dev: Device, cfg: dict[str, Any] | None, pool: int, rounds: int,
+def measure_wake(dev: Device, cfg: dict[str, Any] | None, pool: int | None, rounds: int,
                  ) -> wake.WakeModel:
     """The device's slowdown after idle (predictors/wake.py), on `cfg`'s layer shapes (without
-    one, a layer of the generic GEMM grid's: 512 wide on a CPU, 4096 on a GPU)."""
-    dtype = "fp32" if dev.kind == "cpu" else "bf16"
+    one, a layer of the generic GEMM grid's: 512 wide on a CPU, 4096 on a GPU), over weights
+    spanning `pool` (default: model_pool)."""
     hidden, inter = (512, 2048) if dev.kind == "cpu" else (4096, 11008)
     shapes = _layer_linears(cfg) if cfg else [(hidden, hidden)] * 4 + [(inter, hidden)] * 2 + [
         (hidden, inter)]
     t0 = time.monotonic()
-    model = wake.measure(wake_step(dev, shapes, dtype, pool), time.sleep, rounds)
+    step = wake_step(dev, shapes, dev.dtype, model_pool(dev, cfg) if pool is None else pool)
+    model = wake.measure(step, time.sleep, rounds)
     print("profiler: wake: after " + ", ".join(
         f"{g / 1e6:g} ms idle +{k / 1e3:.0f} us and {s:.1%}" for g, k, s in zip(
             model.gaps_ns, model.kick_ns, model.slowdown, strict=True))
@@ -863,9 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        env)
     woken = None
     if "gemm" in families and args.wake_rounds > 0 and not args.specs:
-        woken = measure_wake(dev, cfg, pool or working_set(
-            dev.kind, cfg and weight_bytes(cfg, "fp32" if dev.kind == "cpu" else "bf16")),
-            args.wake_rounds)
+        woken = measure_wake(dev, cfg, pool, args.wake_rounds)
     rows = [r for rs in rows_by_family.values() for r in rs]
     spec = device_spec(dev, rows, env, woken)
     if args.specs:
