@@ -52,20 +52,27 @@ def batch_of(q_lens: np.ndarray, kv_lens: np.ndarray, causal: bool = True) -> At
 
 def _batch_of_rows(q_lens: list[int], kv_lens: list[int], causal: bool) -> AttentionBatch:
     """batch_of over Python ints, row by row."""
+    decode_q: list[int] = []
     decode_kv: list[int] = []
     prefill_q: list[int] = []
     prefill_kv: list[int] = []
     for q, kv in zip(q_lens, kv_lens, strict=True):
         if q == 1:
+            decode_q.append(q)
             decode_kv.append(kv)
         elif q > 1:
             prefill_q.append(q)
             prefill_kv.append(kv)
-    decode = (len(decode_kv), len(decode_kv), sum(decode_kv), max(decode_kv),
-              sum(kv * kv for kv in decode_kv)) if decode_kv else None
-    prefill = (len(prefill_q), sum(prefill_q), sum(prefill_kv), max(prefill_kv),
-               sum(kv * kv for kv in prefill_kv)) if prefill_q else None
-    return AttentionBatch(decode, prefill, sum(q_lens), causal)
+    return AttentionBatch(_part_of_rows(decode_q, decode_kv),
+                          _part_of_rows(prefill_q, prefill_kv), sum(q_lens), causal)
+
+
+def _part_of_rows(q_lens: list[int], kv_lens: list[int]) -> Part | None:
+    """part() over Python ints."""
+    if not q_lens:
+        return None
+    return (len(q_lens), sum(q_lens), sum(kv_lens), max(kv_lens),
+            sum(kv * kv for kv in kv_lens))
 
 
 def launch_attention(b: AttentionBatch | None, op: str, dtype: str, device: int,
