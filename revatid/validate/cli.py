@@ -158,10 +158,15 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
         return wall, json.loads(summary.read_text())
 
 
-def report(real: dict[str, Any], emulated: dict[str, Any], real_wall: float | None,
+def report(reals: list[dict[str, Any]], emus: list[dict[str, Any]], real_wall: float | None,
            emu_wall: float, session: dict[str, Any], bounds: dict[str, float],
            extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The comparison of the pooled runs of each side (with each side's run-to-run spread
+    where it ran more than once), checked against `bounds`."""
+    real, emulated = metrics.pooled(reals), metrics.pooled(emus)
     table = metrics.compare(real, emulated)
+    metrics.add_spread(table, "real", reals)
+    metrics.add_spread(table, "emulated", emus)
     failures = metrics.check(table, bounds)
     c = session.get("counters", {})
     speed = {"real_wall_s": real_wall, "emulated_wall_s": emu_wall,
@@ -242,13 +247,13 @@ def cmd_self(args: argparse.Namespace) -> int:
                     emu_walls.append(wall)
             reals.append(json.loads(real_path.read_text()))
             emus.append(json.loads(emu_path.read_text()))
-    real, emulated = metrics.pooled(reals), metrics.pooled(emus)
     extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
              "profile": profile_cmd(Path("DIR"))[1:],
              "host_speed": host_speed.drift(around_real, around_profile)}
-    out, failures = report(real, emulated, sum(real_walls) / len(real_walls),
+    out, failures = report(reals, emus, sum(real_walls) / len(real_walls),
                            sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
-    return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
+    return _finish(out, failures, metrics.pooled(reals), metrics.pooled(emus), args,
+                   f"SELF EMULATION {args.size}")
 
 
 RUN_KEYS = ("device", "size", "dtype", "model", "layers", "seed", "serving")  # a repeat's
@@ -299,7 +304,7 @@ def cmd_from(args: argparse.Namespace) -> int:
         print(kernels.table(by_kernel))
     extra = {"mode": "from", "sku": sku, "source": str(src), "real_runs": len(runs),
              "gpu_provenance": prov, "host_costs_s": costs, "kernels": by_kernel}
-    out, failures = report(real, emulated, prov.get("workload_wall_s"), emu_wall, session,
+    out, failures = report(results, [emulated], prov.get("workload_wall_s"), emu_wall, session,
                            GPU_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"{sku} {real['size']}")
 

@@ -92,15 +92,45 @@ def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[st
             for k in a}
 
 
+def spread(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Per metric, how far one side's runs of the same workload differ among themselves: (max -
+    min) / median of each run's own value, in percent. The noise floor an error is read
+    against: on a shared host the same real run moves by 10-30% from one minute to the next."""
+    per_run = [summary(r) for r in results]
+    out = {}
+    for k in per_run[0]:
+        xs = [s[k] for s in per_run]
+        mid = float(np.median(xs))
+        out[k] = (max(xs) - min(xs)) / mid * 100 if mid else float("nan")
+    return out
+
+
+def add_spread(metrics: dict[str, dict[str, float]], side: str,
+               results: list[dict[str, Any]]) -> None:
+    """Give each metric of a comparison `<side>_spread_pct` (spread()), when `side` ran more
+    than once."""
+    if len(results) > 1:
+        for k, pct in spread(results).items():
+            metrics[k][f"{side}_spread_pct"] = pct
+
+
 def table(metrics: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'metric':<20}{'real':>12}{'emulated':>12}{'error %':>10}"]
+    """The comparison as text; with the run-to-run spread of each side that has one."""
+    sides = [s for s in ("real", "emulated")
+             if all(f"{s}_spread_pct" in v for v in metrics.values())]
+    head = "".join(f"{s[:4] + ' spread %':>14}" for s in sides)
+    lines = [f"{'metric':<20}{'real':>12}{'emulated':>12}{'error %':>10}{head}"]
     for k, v in metrics.items():
-        lines.append(f"{k:<20}{v['real']:>12.3f}{v['emulated']:>12.3f}{v['error_pct']:>+10.1f}")
+        cols = "".join(f"{v[f'{s}_spread_pct']:>14.1f}" for s in sides)
+        lines.append(f"{k:<20}{v['real']:>12.3f}{v['emulated']:>12.3f}{v['error_pct']:>+10.1f}"
+                     f"{cols}")
     return "\n".join(lines)
 
 
 def check(metrics: dict[str, dict[str, float]], bounds: dict[str, float]) -> list[str]:
     """The metrics whose |error_pct| passes their bound, as messages (empty: all within)."""
     return [f"{k}: real {metrics[k]['real']:.3f} emulated {metrics[k]['emulated']:.3f} "
-            f"({metrics[k]['error_pct']:+.1f}%, bound {bound:.0f}%)"
+            f"({metrics[k]['error_pct']:+.1f}%, bound {bound:.0f}%"
+            + (f"; the real runs spread {metrics[k]['real_spread_pct']:.0f}%"
+               if "real_spread_pct" in metrics[k] else "") + ")"
             for k, bound in bounds.items() if not abs(metrics[k]["error_pct"]) <= bound]

@@ -55,6 +55,24 @@ def test_pooled_runs_keep_every_request() -> None:
     assert metrics.summary(p)["ttft_p50_ms"] == pytest.approx(150.0)
 
 
+def test_run_to_run_spread_is_shown_beside_the_error() -> None:
+    """Each side that ran more than once gets the spread of its runs' own values ((max - min) /
+    median), in the comparison, the table and a failure's message; a side run once gets none."""
+    runs = [_result([0.0], [[t, t + 0.1]]) for t in (0.10, 0.12, 0.15)]  # TTFT 100, 120, 150 ms
+    assert metrics.spread(runs)["ttft_p50_ms"] == pytest.approx(50 / 120 * 100)
+    table = metrics.compare(metrics.pooled(runs), _result([0.0], [[0.2, 0.3]]))
+    metrics.add_spread(table, "real", runs)
+    metrics.add_spread(table, "emulated", runs[:1])
+    assert table["ttft_p50_ms"]["real_spread_pct"] == pytest.approx(50 / 120 * 100)
+    assert "emulated_spread_pct" not in table["ttft_p50_ms"]
+    lines = metrics.table(table).splitlines()
+    assert lines[0].split()[-2:] == ["spread", "%"] and "emul spread" not in lines[0]
+    ttft = next(line for line in lines if line.startswith("ttft_p50_ms"))
+    assert ttft.split()[-1] == "41.7"
+    (failure,) = metrics.check(table, {"ttft_p50_ms": 10.0})
+    assert "+66.7%, bound 10%; the real runs spread 42%" in failure
+
+
 def test_step_cycles_and_stalls() -> None:
     """Cycles run from one step's start to the next; a pooled second run (restarting at 0)
     adds no cycle across the boundary; a step over five medians of its peers (as many query
@@ -238,6 +256,8 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     assert report["steps"]["real"]["query_tokens"] == report["steps"]["emulated"]["query_tokens"]
     for key in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
         assert m[key]["real"] > 0 and m[key]["emulated"] > 0
+        # each side ran three times: its runs' own spread stands beside the error
+        assert m[key]["real_spread_pct"] >= 0 and m[key]["emulated_spread_pct"] >= 0
     assert report["speed"]["kernel_launches"] > 1000
     # the host's speed probed around each real run and each profile
     speed = report["host_speed"]
