@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from revati.adapters import gpu_link
+from revati.adapters import transformers as transformers_glue
 from revati.adapters.clock import hooks
 from revati.adapters.clock.runtime import VirtualClock
 from revati.adapters.postimport import when_imported
@@ -243,6 +244,7 @@ def join(socket_path: str, session: str, role: str | None = None, name: str | No
     os.register_at_fork(after_in_child=_after_fork)
     if os.environ.get(ENV_CUDA, "1") != "0":
         when_imported("torch", _install_cuda)
+        when_imported(transformers_glue.CB_MODULE, transformers_glue.on_import)
     return _member
 
 

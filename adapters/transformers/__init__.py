@@ -1,7 +1,8 @@
 """Hugging Face transformers' continuous batching on Revati's virtual CUDA.
 
-    from revati.adapters import transformers as revati_hf
-    revati_hf.install()        # in a process of a Revati session; a no-op elsewhere
+A process of a Revati session hooks transformers by itself when it imports transformers'
+continuous batching (adapters/session.py calls `on_import` then, or at once when it joins a
+process that has imported it already), so a program runs under `revatictl run` as it is.
 
 transformers 5.17's `ContinuousBatchingManager` (`init_continuous_batching`, `generate_batch`,
 `continuous_batching_context_manager`) runs unchanged on virtual `cuda` tensors: the model's
@@ -18,7 +19,7 @@ What the glue adds, at transformers' seams and without editing installed files:
   dense `scaled_dot_product_attention` over the packed batch with a block-causal mask: on a GPU
   that is the memory-efficient kernel computing every (query, key) pair of the packed batch,
   and the launch says exactly that (ATTENTION, one sequence of `q_tokens` queries over
-  `kv_sum` keys, `aten::_scaled_dot_product_efficient_attention`). `install()` wraps the
+  `kv_sum` keys, `aten::_scaled_dot_product_efficient_attention`). The glue wraps the
   registered `paged|sdpa` and `paged|eager` functions (`AttentionInterface`) to record each
   call's batch composition (sequences, query and key lengths, from `cu_seq_lens_q/k`) in
   `calls`, for tests and traces; the kernel's cost does not depend on it.
@@ -36,47 +37,58 @@ import itertools
 import threading
 from typing import Any
 
+CB_MODULE = "transformers.generation.continuous_batching.continuous_api"
+ATTENTION = ("paged|sdpa", "paged|eager")  # the CB attention functions whose calls are recorded
+
 _lock = threading.Lock()
-_installed = False
 
 calls: collections.deque[dict[str, Any]] = collections.deque(maxlen=4096)
 """The batch composition of recent paged attention calls (layer 0 only): `seqs`, `q_lens`,
 `kv_lens`, `impl`."""
 
 
-def install() -> bool:
-    """Hook transformers' continuous batching for this process's virtual CUDA. Returns False
-    (and does nothing) when virtual CUDA is not installed (a real device, no session)."""
-    global _installed
+def on_import(continuous_api: Any) -> None:
+    """Hook the manager of transformers' CB module (CB_MODULE, just imported), when virtual CUDA
+    is installed: a real device needs no glue. Hooking once is enough; a second call does
+    nothing. The attention functions are wrapped when a manager is made: transformers
+    registers them in `modeling_utils`, which may still be importing now (it imports this
+    module on its way)."""
     from revati.adapters import cuda
 
     if not cuda.is_installed():
-        return False
+        return
+    cls = getattr(continuous_api, "ContinuousBatchingManager", None)
     with _lock:
-        if _installed:
-            return True
-        from transformers.generation.continuous_batching import continuous_api
-        from transformers.modeling_utils import AttentionInterface
-
-        _hook_manager(continuous_api.ContinuousBatchingManager)
-        for name in ("paged|sdpa", "paged|eager"):
-            original = AttentionInterface._global_mapping.get(name)
-            if original is not None and not getattr(original, "_revati", False):
-                AttentionInterface.register(name, _recording(name, original))
-        _installed = True
-    return True
+        if cls is not None and not getattr(cls.__init__, "_revati", False):
+            _hook_manager(cls)
 
 
 def _hook_manager(cls: Any) -> None:
     init = cls.__init__
 
+    # the manager's own attributes once it is made, not its arguments: the signature moves
+    # between transformers versions (the vLLM and SGLang venvs hold 5.19, which imports this
+    # module too)
     @functools.wraps(init)
-    def __init__(self: Any, model: Any, generation_config: Any, continuous_batching_config: Any,
-                 *args: Any, **kwargs: Any) -> None:
-        init(self, model, generation_config, continuous_batching_config, *args, **kwargs)
-        set_oracle_for(model.config, generation_config, continuous_batching_config.seed)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        set_oracle_for(self.model.config, self.generation_config,
+                       self.continuous_batching_config.seed)
+        _record_attention()
 
+    __init__._revati = True  # type: ignore[attr-defined]
     cls.__init__ = __init__
+
+
+def _record_attention() -> None:
+    """Wrap the registered CB attention functions (once) to record each call's batch."""
+    from transformers.modeling_utils import AttentionInterface
+
+    with _lock:
+        for name in ATTENTION:
+            original = AttentionInterface._global_mapping.get(name)
+            if original is not None and not getattr(original, "_revati", False):
+                AttentionInterface.register(name, _recording(name, original))
 
 
 def set_oracle_for(config: Any, generation_config: Any = None, seed: int | None = None) -> None:

@@ -263,10 +263,6 @@ def run(device: str, size_name: str, dtype: str, threads: int | None, seed: int 
 
     if threads:
         torch.set_num_threads(threads)
-    if os.environ.get("REVATI_SESSION"):
-        from revati.adapters.transformers import install
-
-        install()
     size = SIZES[size_name]
     serving = Serving()
     requests = load_trace(size)

@@ -1,0 +1,29 @@
+"""The transformers adapter hooks a program's continuous batching by itself: the program
+(cb_program.py) calls nothing of Revati's."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import Daemon, revatictl_run
+
+
+@pytest.mark.torch
+def test_a_cb_program_runs_unchanged_on_a_virtual_gpu(daemon: Daemon) -> None:
+    """Under `revatictl run`, transformers' `generate_batch` gets the glue: every request
+    generates its max_new_tokens of ids from the model's vocabulary (the token oracle set from
+    the model when the manager is made; without it ids come from a 32000-id default and an
+    EOS may end a request early), and the paged attention calls are recorded."""
+    pytest.importorskip("transformers")
+    result, summary = revatictl_run(daemon, [sys.executable, "-m", "tests.adapters.cb_program"],
+                                    "--gpu", "h100", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [len(ids) for ids in out["generated"]] == [12, 12, 12]
+    ids = [i for req in out["generated"] for i in req]
+    assert all(0 <= i < out["vocab"] and i != out["eos"] for i in ids), ids
+    assert out["attention_calls"] > 0
+    assert summary["counters"]["launches"] > 100
