@@ -25,8 +25,9 @@ each, with exactly the stream times that `count` separate launches would give.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from operator import eq
 from threading import get_ident
@@ -247,6 +248,42 @@ def _launch_run(link: Any, ev: LaunchEvent, count: int) -> None:
 def graph_pool_handle() -> tuple[int, int]:
     """An opaque memory-pool token, as torch.cuda.graph_pool_handle() returns."""
     return (0, next(S.graph_pools))
+
+
+class MemPool:
+    """torch.cuda.MemPool(allocator=None, use_on_oom=False, no_split=False): a private pool of
+    the caching allocator, whose `id` graph captures take as their pool (transformers' CB
+    captures its graphs into one). A virtual device counts an allocation the same whichever
+    pool it comes from, so the pool is its token; it holds no segments of its own."""
+
+    def __init__(self, allocator: Any = None, use_on_oom: bool = False,
+                 no_split: bool = False) -> None:
+        self._id = graph_pool_handle()
+        self._allocator = allocator
+
+    @property
+    def id(self) -> tuple[int, int]:
+        return self._id
+
+    @property
+    def allocator(self) -> Any:
+        return self._allocator
+
+    def use_count(self) -> int:
+        return 1
+
+    def snapshot(self, include_traces: bool = True) -> list[dict[str, Any]]:
+        return []
+
+
+@contextlib.contextmanager
+def use_mem_pool(pool: MemPool, device: Any = None) -> Iterator[None]:
+    """torch.cuda.use_mem_pool: this thread's allocations come from `pool` (on a virtual
+    device, counted as any other)."""
+    if not isinstance(pool, MemPool):
+        raise TypeError(f"use_mem_pool() takes a torch.cuda.MemPool, not {type(pool).__name__}")
+    S.device_index(device)  # an unknown device fails as it would on the GPU
+    yield
 
 
 def dynamic(node: Callable[[], None]) -> None:

@@ -424,6 +424,7 @@ def patch() -> None:
         get_per_process_memory_fraction=lambda device=None: 1.0,
         get_allocator_backend=lambda: "native", device_memory_used=device_memory_used,
         list_gpu_processes=lambda device=None: "no processes are running",
+        MemPool=graphs.MemPool, use_mem_pool=graphs.use_mem_pool,
     )
     stream_fns = dict(
         Stream=streams.Stream, Event=streams.Event, current_stream=streams.current_stream,

@@ -22,11 +22,14 @@ What the glue adds, at transformers' seams and without editing installed files:
   `kv_sum` keys, `aten::_scaled_dot_product_efficient_attention`). The glue wraps the
   registered `paged|sdpa` and `paged|eager` functions (`AttentionInterface`) to record each
   call's batch composition (sequences, query and key lengths, from `cu_seq_lens_q/k`) in
-  `calls`, for tests and traces; the kernel's cost does not depend on it.
+  `calls`, for tests and traces; the kernel's cost does not depend on it;
+* with CUDA graphs (`use_cuda_graph=True`, async batching or not), CB samples inside its
+  graphs: each replay draws the graph's output ids again from the token oracle (a virtual
+  replay reruns no op). Its `torch.cuda.MemPool` is virtual CUDA's.
 
 Not covered: `paged|flash_attention_*` (varlen flash kernels, whose cost does depend on the
-composition) needs flash-attn's functions on virtual tensors; CUDA graphs in CB
-(`use_cuda_graph=True`) and `torch.compile` paths are untested.
+composition) needs flash-attn's functions on virtual tensors; `torch.compile` paths are
+untested.
 """
 
 from __future__ import annotations
@@ -57,10 +60,13 @@ def on_import(continuous_api: Any) -> None:
 
     if not cuda.is_installed():
         return
-    cls = getattr(continuous_api, "ContinuousBatchingManager", None)
+    manager = getattr(continuous_api, "ContinuousBatchingManager", None)
+    runner = getattr(continuous_api, "ModelRunner", None)
     with _lock:
-        if cls is not None and not getattr(cls.__init__, "_revati", False):
-            _hook_manager(cls)
+        if manager is not None and not getattr(manager.__init__, "_revati", False):
+            _hook_manager(manager)
+        if runner is not None and not getattr(runner._capture_graph, "_revati", False):
+            _hook_graph_capture(runner)
 
 
 def _hook_manager(cls: Any) -> None:
@@ -78,6 +84,37 @@ def _hook_manager(cls: Any) -> None:
 
     __init__._revati = True  # type: ignore[attr-defined]
     cls.__init__ = __init__
+
+
+def _hook_graph_capture(cls: Any) -> None:
+    """With CUDA graphs (`use_cuda_graph`), CB samples inside the graph: it writes the next
+    tokens into its static `output_ids`, which the host reads after the step. A virtual replay
+    reruns no op, so those ids would stay what the capture left; each replay of a graph
+    captured by `cls._capture_graph(forward_fn, stream, model, batch_data, carry_over_ids,
+    prev_output_ids, output_ids)` draws them again from the token oracle, as the sampling kernel
+    would write them."""
+    capture = cls._capture_graph
+
+    @functools.wraps(capture)
+    def _capture_graph(self: Any, forward_fn: Any, compute_stream: Any, *args: Any) -> None:
+        capture(self, forward_fn, compute_stream, *args)
+        graph = self.inputs_and_outputs.get_graph()
+        if graph is not None and args:
+            graph.replay = functools.partial(_replay_and_sample, graph.replay, args[-1])
+
+    _capture_graph._revati = True  # type: ignore[attr-defined]
+    cls._capture_graph = _capture_graph
+
+
+def _replay_and_sample(replay: Any, output_ids: Any) -> None:
+    from revati.adapters.cuda.state import S
+    from revati.adapters.cuda.tensor import host_values
+
+    replay()
+    with S.link().freeze():
+        # row 0: the ids (row 1, where asked, log-probabilities); the last column is the
+        # static 0 that carry-over reads
+        S.oracle.fill(host_values(output_ids)[0, :-1])
 
 
 def _record_attention() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,25 @@ def test_a_cb_program_runs_unchanged_on_a_virtual_gpu(daemon: Daemon) -> None:
     assert all(0 <= i < out["vocab"] and i != out["eos"] for i in ids), ids
     assert out["attention_calls"] > 0
     assert summary["counters"]["launches"] > 100
+
+
+@pytest.mark.torch
+def test_a_cb_program_with_cuda_graphs(daemon: Daemon, tmp_path: Path) -> None:
+    """With `use_cuda_graph=True`, CB makes a torch.cuda.MemPool for its graphs and samples
+    inside them: the steps replay graphs, and each replay's ids are fresh draws of the token
+    oracle (a replay reruns no op: without the glue every id after the first would be what
+    the capture left, 0)."""
+    pytest.importorskip("transformers")
+    trace = tmp_path / "trace.json"
+    result, _ = revatictl_run(daemon, [sys.executable, "-m", "tests.adapters.cb_program",
+                                       "--cuda-graphs"], "--gpu", "h100", "--trace", str(trace),
+                              timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [len(ids) for ids in out["generated"]] == [12, 12, 12]
+    for ids in out["generated"]:
+        assert len(set(ids[1:])) > 5 and all(0 <= i < out["vocab"] and i != out["eos"]
+                                             for i in ids), ids
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    assert sum(e.get("name") == "cuda_graph" for e in events) >= 10

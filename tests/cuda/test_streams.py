@@ -110,6 +110,26 @@ def test_capture_rules(vcuda: Any, link: RecordingLink) -> None:
     assert len(link.graphs[graph.graph_id]) == 3 and len(link.graphs[other.graph_id]) == 1
 
 
+def test_mem_pool_is_a_graph_pool(vcuda: Any, link: RecordingLink) -> None:
+    """torch.cuda.MemPool (a CPU build of torch has only a class that refuses to be made):
+    its id is a pool that graph captures take, allocations under `use_mem_pool` count as any
+    other, and `use_mem_pool` refuses what is not a pool."""
+    pool = torch.cuda.MemPool()
+    assert pool.id != torch.cuda.MemPool().id and pool.use_count() == 1
+    assert pool.allocator is None and pool.snapshot() == []
+    before = torch.cuda.memory_allocated()
+    with torch.cuda.use_mem_pool(pool):
+        x = torch.empty(1 << 20, device="cuda")
+    assert torch.cuda.memory_allocated() == before + (4 << 20)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool.id):
+        kernels(2, x)
+    assert graph.pool() == pool.id and len(link.graphs[graph.graph_id]) == 2
+    assert torch.cuda.memory.MemPool is torch.cuda.MemPool
+    with pytest.raises(TypeError, match="MemPool"), torch.cuda.use_mem_pool(pool.id):
+        pass
+
+
 def _dynamic_step(vcuda: Any, layers: int, record: Any = None) -> Any:
     """A graph of `layers` layers, each a static kernel and a dynamic node that launches a
     KV write and an attention kernel (as the vLLM backend's do); `record(layer)` is called
