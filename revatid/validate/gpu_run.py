@@ -111,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REVATI_SESSION")}
     model = ["--model", args.model, *(["--layers", str(args.layers)] if args.layers else [])]
     run_cmd = [sys.executable, "-m", "revati.revatid.validate.workload", "--device", "cuda",
                "--size", args.size, "--dtype", args.dtype, "--threads", "0", *model,
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     walls, codes = {}, {}
     for step, cmd in steps:  # each step on its own: a failed one keeps the others' results
         t0 = time.monotonic()
-        codes[step] = subprocess.run(cmd, env=env).returncode
+        codes[step] = subprocess.run(cmd).returncode
         walls[step] = time.monotonic() - t0
         print(f"gpu_run: {step} exited {codes[step]} after {walls[step]:.0f} s",
               file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from revati.revatid.gpu import GpuTimeline
 from revati.revatid.protocol import ITEM_LAUNCH
 from revati.revatid.trace import Trace
 from revati.revatid.validate import cli, metrics, plot, workload
+from tests.conftest import Daemon, revatictl_run
 
 ROOT = Path(__file__).parents[2]
 GPU_RESULTS = ROOT / "results" / "h200-full"
@@ -358,3 +359,31 @@ def test_validate_from_the_committed_h200_results(tmp_path: Path) -> None:
     for key, row in report["metrics"].items():
         assert row["real"] > 0 and row["emulated"] > 0, key
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
+
+
+@pytest.mark.torch
+def test_gpu_run_rehearsed_on_a_virtual_gpu(daemon: Daemon, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease is 15 minutes: the script it runs (scripts/gpu_validate.sh: gpu_run with the
+    source folders on the path as `revati`, nothing installed) rehearsed under `revatictl run
+    --gpu h100` on a two-layer model. Each step runs as a child that joins the session (a real
+    GPU machine has none), the workload and its repeat write their results, the profiler
+    refuses a session (it would time the emulator), and the provenance names the SKU and every
+    step's exit status."""
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("PYTHON", sys.executable)  # the script's interpreter
+    out = tmp_path / "out"
+    result, _ = revatictl_run(
+        daemon, ["bash", str(ROOT / "scripts" / "gpu_validate.sh"), str(out), "--model",
+                 "Llama-tiny", "--layers", "2", "--size", "small", "--dtype", "bf16",
+                 "--repeats", "2", "--no-kernel-table"], "--gpu", "h100", timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]  # the profile step's refusal
+    assert "profiler: refusing to run inside a Revati session" in result.stderr
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["sku"] == "h100" and prov["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert prov["exit_codes"] == {"workload": 0, "profile": 2, "workload-2": 0}
+    for name in ("real.json", "real-2.json"):
+        real = json.loads((out / name).read_text())
+        assert (real["model"], real["layers"], real["size"], real["dtype"]) == (
+            "Llama-tiny", 2, "small", "bf16")
+        assert all(r["generated"] == r["output_tokens"] for r in real["requests"])
