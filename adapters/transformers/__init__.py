@@ -108,13 +108,17 @@ def _hook_graph_capture(cls: Any) -> None:
 
 def _replay_and_sample(replay: Any, output_ids: Any) -> None:
     from revati.adapters.cuda.state import S
-    from revati.adapters.cuda.tensor import host_values
+    from revati.adapters.cuda.tensor import ValuesUnavailable, host_values
 
     replay()
     with S.link().freeze():
+        try:
+            ids = host_values(output_ids)
+        except ValuesUnavailable:  # too large to keep values: each read of it draws afresh
+            return
         # row 0: the ids (row 1, where asked, log-probabilities); the last column is the
         # static 0 that carry-over reads
-        S.oracle.fill(host_values(output_ids)[0, :-1])
+        S.oracle.fill(ids[0, :-1])
 
 
 def _record_attention() -> None:

@@ -95,7 +95,7 @@ def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[st
 def spread(results: list[dict[str, Any]]) -> dict[str, float]:
     """Per metric, how far one side's runs of the same workload differ among themselves: (max -
     min) / median of each run's own value, in percent. The noise floor an error is read
-    against: on a shared host the same real run moves by 10-30% from one minute to the next."""
+    against: on a shared VM one side's p50 moves by 5-25% from one run to the next."""
     per_run = [summary(r) for r in results]
     out = {}
     for k in per_run[0]:
