@@ -153,7 +153,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         options["fixed_ns"] = args.fixed_ns
     if args.bundle:
         options["bundle"] = str(Path(args.bundle).resolve())
-    costs = json.loads(Path(args.host_costs).read_text()) if args.host_costs else {}
+    try:
+        costs = json.loads(Path(args.host_costs).read_text()) if args.host_costs else {}
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"revatictl run: --host-costs {args.host_costs}: {exc}") from None
+    if not isinstance(costs, dict):
+        raise SystemExit(f"revatictl run: --host-costs {args.host_costs}: not a JSON object "
+                         "of op names to seconds")
     costs.update(_host_cost(text) for text in args.host_cost or [])
     if costs:
         options["host_costs"] = costs
@@ -162,12 +168,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             session = c.request("session.create", gpu=args.gpu, num_gpus=args.num_gpus,
                                 options=options)["session"]
         sid = session["id"]
-        proc = subprocess.Popen(command, env=hook_env(sock, sid))
         try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait()
+            proc = subprocess.Popen(command, env=hook_env(sock, sid))
+        except OSError as exc:  # not found, not executable: the session ends empty
+            print(f"revatictl run: cannot start {command[0]}: {exc.strerror}", file=sys.stderr)
+            code = 127 if isinstance(exc, FileNotFoundError) else 126  # as a shell says
+        else:
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)
+                code = proc.wait()
         with Client(sock) as c:
             if args.trace:
                 trace = c.request("trace", session=sid)["trace"]

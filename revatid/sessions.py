@@ -126,6 +126,11 @@ class Session:
                 for k, v in costs.items()):
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 "host_costs must map op names to seconds in [0, 1]")
+        bundle = self.options["bundle"]
+        if bundle and not (Path(bundle) / "bundle.json").is_file():
+            # checked now: the predictor loads at the first launch, inside the program
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no predictor bundle in {bundle} (no "
+                                "bundle.json): build one with `revatictl predictors train`")
         self.id = secrets.token_hex(4)
         self.log = log.bind(session=self.id)
         self.loop = loop

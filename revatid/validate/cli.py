@@ -268,6 +268,11 @@ def real_runs(src: Path) -> list[Path]:
 
 def cmd_from(args: argparse.Namespace) -> int:
     src = Path(args.from_dir)
+    missing = [name for name in ("real.json", "provenance.json", "profile")
+               if not (src / name).exists()]
+    if missing:
+        raise SystemExit(f"validate: {src} is not a GPU results folder (no {', '.join(missing)}"
+                         "): write one with scripts/gpu_validate.sh on a GPU machine")
     runs = real_runs(src)
     results = [json.loads(p.read_text()) for p in runs]
     for p, r in zip(runs[1:], results[1:], strict=True):

@@ -109,6 +109,9 @@ def test_errors_are_replies(daemon: Daemon) -> None:
             with pytest.raises(DaemonError) as err:
                 c.request("session.create", options={"host_costs": costs})
             assert err.value.code == "bad_request" and "host_costs" in err.value.message
+        with pytest.raises(DaemonError) as err:  # would fail at the program's first launch
+            c.request("session.create", options={"bundle": str(daemon.socket.parent)})
+        assert err.value.code == "bad_request" and "no predictor bundle in" in err.value.message
         with pytest.raises(DaemonError) as err:
             c.request("no.such.thing")
         assert err.value.code == "unknown_type"
@@ -347,6 +350,23 @@ def test_revatictl_run_starts_a_private_daemon(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "virtual elapsed" in out.stderr and "speed-up" in out.stderr
     assert not (tmp_path / "revati" / "revatid.sock").exists()
+
+
+def test_revatictl_run_of_a_command_that_cannot_start(daemon: Daemon, tmp_path: Path) -> None:
+    """A shell's exit status and a one-line reason, and the session it made is stopped; a
+    host-costs file that cannot be read is refused before any session."""
+    missing = str(tmp_path / "no-such-program")
+    out = subprocess.run([*REVATICTL, "--socket", str(daemon.socket), "run", "--", missing],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 127 and "Traceback" not in out.stderr
+    assert f"revatictl run: cannot start {missing}: No such file or directory" in out.stderr
+    for costs in (tmp_path / "none.json", Path(__file__)):
+        out = subprocess.run([*REVATICTL, "--socket", str(daemon.socket), "run",
+                              "--host-costs", str(costs), "--", "true"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and f"--host-costs {costs}:" in out.stderr
+    with daemon.client() as c:
+        assert c.request("session.list")["sessions"] == []
 
 
 def test_revatictl_json_listing(daemon: Daemon) -> None:

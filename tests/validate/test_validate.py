@@ -95,11 +95,20 @@ def test_validate_from_pools_every_real_run(tmp_path: Path) -> None:
                                                           "real-10.json"]
 
 
+def test_validate_from_a_folder_that_is_not_a_gpu_result(tmp_path: Path) -> None:
+    (tmp_path / "real.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "revati.revatid.ctl", "validate", "--from",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{tmp_path} is not a GPU results folder (no provenance.json, profile)" in proc.stderr
+
+
 def test_validate_from_refuses_a_repeat_of_another_workload(tmp_path: Path) -> None:
     real = json.loads((GPU_RESULTS / "real.json").read_text())
     (tmp_path / "real.json").write_text(json.dumps(real))
     (tmp_path / "real-2.json").write_text(json.dumps({**real, "size": "small"}))
     (tmp_path / "provenance.json").write_text((GPU_RESULTS / "provenance.json").read_text())
+    (tmp_path / "profile").mkdir()
     proc = subprocess.run([sys.executable, "-m", "revati.revatid.ctl", "validate", "--from",
                            str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode != 0
