@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,26 @@ def summary_text(s: dict[str, Any], exit_code: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low` (a count of prompts, of GPUs, ...)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    parse.__name__ = "integer"  # what argparse names in its "invalid ... value" message
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0 (a rate; `inf` sends everything at once)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
 def _host_cost(text: str) -> tuple[str, float]:
     op, sep, seconds = text.rpartition("=")
     try:
@@ -222,6 +242,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return serving.run(args, sock, create, stop, trace)
     from revati.revatid.demo import md1
 
+    if args.request_rate == float("inf"):
+        raise SystemExit("revatictl demo --framework toy: give a finite --request-rate (its "
+                         "client draws Poisson arrivals)")
     command = [sys.executable, md1.__file__, str(args.num_prompts), str(args.seed),
                str(1.0 / args.request_rate), "llama8b"]
     options = {"seed": args.seed, "name": "demo-toy"}
@@ -279,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="run a command in a new emulation session")
     p.add_argument("--gpu", default="h100", help="GPU SKU (default h100)")
-    p.add_argument("--num-gpus", type=int, default=1)
-    p.add_argument("--cpu-dilation", type=float, default=1.0,
+    p.add_argument("--num-gpus", type=at_least(1), default=1)
+    p.add_argument("--cpu-dilation", type=positive_float, default=1.0,
                    help="virtual seconds per real second of CPU work (default 1)")
     p.add_argument("--host-cpus", type=int, help="CPUs the run's processes share (default: "
                    "the daemon's); while more processes run, virtual time flows at cpus/running "
@@ -306,17 +329,17 @@ def main(argv: list[str] | None = None) -> int:
                    "asyncio server and client in the dev environment")
     p.add_argument("--gpu", default="h100")
     p.add_argument("--model", default="Llama-3.1-8B", help="a bundled model or a folder")
-    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
-    p.add_argument("--pipeline-parallel-size", "--pp", type=int, default=1,
+    p.add_argument("--tensor-parallel-size", "--tp", type=at_least(1), default=1)
+    p.add_argument("--pipeline-parallel-size", "--pp", type=at_least(1), default=1,
                    help="pipeline stages (vllm); the session has tp x pp GPUs")
-    p.add_argument("--cpu-dilation", type=float, default=1.0,
+    p.add_argument("--cpu-dilation", type=positive_float, default=1.0,
                    help="virtual seconds per real second of host CPU work (default 1: this "
                    "host's CPU stands for the GPU server's)")
     p.add_argument("--host-cpus", type=int,
                    help="CPUs the processes share (default: the daemon's; 0: no contention model)")
-    p.add_argument("--input-len", type=int, default=512)
-    p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--prefix-len", type=int, default=0,
+    p.add_argument("--input-len", type=at_least(1), default=512)
+    p.add_argument("--output-len", type=at_least(1), default=128)
+    p.add_argument("--prefix-len", type=at_least(0), default=0,
                    help="a shared-prefix workload: requests in 4 groups, each sharing a prompt "
                    "prefix of this many tokens (vllm: prefix_repetition, sglang: "
                    "generated-shared-prefix); default 0: random prompts")
@@ -324,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator: the framework's own benchmark, or `vllm bench serve` "
                    "(from the vLLM environment) against any framework's OpenAI API")
     p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
-    p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--request-rate", type=float, default=4.0)
+    p.add_argument("--num-prompts", type=at_least(1), default=200)
+    p.add_argument("--request-rate", type=positive_float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the benchmark result and speed-up as JSON here")
 

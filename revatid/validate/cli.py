@@ -323,7 +323,9 @@ def add_parser(sub: Any) -> None:
     mode.add_argument("--from", dest="from_dir", metavar="DIR",
                       help="real results and profile from a GPU machine (gpu_run)")
     p.add_argument("--size", choices=sorted(workload.SIZES), default="small")
-    p.add_argument("--repeats", type=int, default=1,
+    from revati.revatid.ctl import at_least
+
+    p.add_argument("--repeats", type=at_least(1), default=1,
                    help="--self: run each side this many times (alternating) and pool the "
                    "requests of all runs (default 1)")
     p.add_argument("--json", help="write the comparison JSON here")

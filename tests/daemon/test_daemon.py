@@ -369,6 +369,25 @@ def test_revatictl_run_of_a_command_that_cannot_start(daemon: Daemon, tmp_path: 
         assert c.request("session.list")["sessions"] == []
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["demo", "--framework", "toy", "--num-prompts", "0"], "--num-prompts: must be at least 1"),
+    (["demo", "--request-rate", "0"], "--request-rate: must be above 0"),
+    (["demo", "--tp", "0"], "--tensor-parallel-size/--tp: must be at least 1"),
+    (["demo", "--prefix-len", "-1"], "--prefix-len: must be at least 0"),
+    (["run", "--num-gpus", "0", "--", "true"], "--num-gpus: must be at least 1"),
+    (["run", "--cpu-dilation", "-1", "--", "true"], "--cpu-dilation: must be above 0"),
+    (["validate", "--self", "--repeats", "0"], "--repeats: must be at least 1"),
+    (["demo", "--framework", "toy", "--request-rate", "inf"], "give a finite --request-rate"),
+])
+def test_revatictl_refuses_counts_and_rates_out_of_range(args: list[str], message: str,
+                                                        tmp_path: Path) -> None:
+    """A count of zero hung the toy demo, a zero rate divided by zero: refused up front."""
+    out = subprocess.run([*REVATICTL, "--socket", str(tmp_path / "none.sock"), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode in (1, 2) and "Traceback" not in out.stderr
+    assert message in out.stderr
+
+
 def test_revatictl_json_listing(daemon: Daemon) -> None:
     with daemon.client() as c:
         sid = c.request("session.create", gpu="a100", num_gpus=4)["session"]["id"]
