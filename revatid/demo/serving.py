@@ -67,8 +67,12 @@ def report(result: dict[str, Any], final: dict[str, Any], framework: str) -> dic
 
 def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any) -> int:
     """Run the framework's demo driver in a new session; print vLLM's table, then Revati's."""
+    from revati.adapters import models
     from revati.revatid.ctl import hook_env, summary_text
 
+    if args.model not in models.names() and not (Path(args.model) / "config.json").is_file():
+        raise SystemExit(f"revatictl demo: --model {args.model} is neither a bundled model ("
+                         f"{', '.join(models.names())}) nor a folder with a config.json")
     python = framework_python(args.framework)
     tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
     with tempfile.TemporaryDirectory(prefix="revati-demo-") as tmp:
