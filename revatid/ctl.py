@@ -152,6 +152,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def output_file(text: str) -> str:
+    """An argparse type: a file this command will write, checked before the run whose result
+    it holds (a trace or summary that cannot be written would be lost at the end)."""
+    path = Path(text)
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: no folder {folder}")
+    if path.is_dir() or not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}")
+    return text
+
+
 def _host_cost(text: str) -> tuple[str, float]:
     op, sep, seconds = text.rpartition("=")
     try:
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("trace", help="write a session's Chrome/Perfetto trace JSON")
     p.add_argument("id")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, type=output_file)
 
     p = sub.add_parser("run", help="run a command in a new emulation session")
     p.add_argument("--gpu", default="h100", help="GPU SKU (default h100)")
@@ -319,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-costs", metavar="FILE",
                    help="a JSON object of such host times, op name -> seconds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the session summary as JSON here")
-    p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
+    p.add_argument("--json", type=output_file, help="write the session summary as JSON here")
+    p.add_argument("--trace", type=output_file,
+                   help="write the session trace (Chrome JSON) here")
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("demo", help="run the embedded default workload (no GPU, no download)")
@@ -346,11 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", choices=("own", "vllm"), default="own",
                    help="load generator: the framework's own benchmark, or `vllm bench serve` "
                    "(from the vLLM environment) against any framework's OpenAI API")
-    p.add_argument("--trace", help="write the session trace (Chrome JSON) here")
+    p.add_argument("--trace", type=output_file,
+                   help="write the session trace (Chrome JSON) here")
     p.add_argument("--num-prompts", type=at_least(1), default=200)
     p.add_argument("--request-rate", type=positive_float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the benchmark result and speed-up as JSON here")
+    p.add_argument("--json", type=output_file,
+                   help="write the benchmark result and speed-up as JSON here")
 
     p = sub.add_parser("attach", help="move a running process tree onto a session's clock")
     p.add_argument("pid", type=int)

@@ -379,11 +379,16 @@ def test_revatictl_run_of_a_command_that_cannot_start(daemon: Daemon, tmp_path: 
     (["validate", "--self", "--repeats", "0"], "--repeats: must be at least 1"),
     (["demo", "--framework", "toy", "--request-rate", "inf"], "give a finite --request-rate"),
     (["demo", "--model", "NotAModel"], "--model NotAModel is neither a bundled model"),
+    (["run", "--trace", "/nonexistent/t.json", "--", "true"],
+     "--trace: cannot write /nonexistent/t.json: no folder /nonexistent"),
+    (["demo", "--json", "/"], "--json: cannot write /"),
+    (["trace", "abc", "-o", "/nonexistent/t.json"], "cannot write /nonexistent/t.json"),
 ])
 def test_revatictl_refuses_counts_and_rates_out_of_range(args: list[str], message: str,
                                                         tmp_path: Path) -> None:
     """A count of zero hung the toy demo, a zero rate divided by zero, an unknown model failed
-    inside the served process: refused up front, before any session."""
+    inside the served process, an output file that cannot be written failed after the run
+    (its result lost): refused up front, before any session."""
     out = subprocess.run([*REVATICTL, "--socket", str(tmp_path / "none.sock"), *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode in (1, 2) and "Traceback" not in out.stderr
