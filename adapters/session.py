@@ -245,6 +245,7 @@ def join(socket_path: str, session: str, role: str | None = None, name: str | No
     if os.environ.get(ENV_CUDA, "1") != "0":
         when_imported("torch", _install_cuda)
         when_imported(transformers_glue.CB_MODULE, transformers_glue.on_import)
+        when_imported(transformers_glue.MODELING_MODULE, transformers_glue.on_modeling_import)
     return _member
 
 

@@ -327,6 +327,29 @@ def _nvtx() -> types.ModuleType:
     return m
 
 
+# -- modules moved onto a virtual device
+_DATA = torch.Tensor.data
+
+
+class _ParameterData:
+    """`Parameter.data`, whose setter also moves a parameter onto a virtual device in place.
+    `Module.to("cuda")` moves a CPU parameter with `param.data = moved`, and a CPU tensor and a
+    virtual one count as compatible for that; the parameter would take the virtual tensor's
+    bare TensorImpl (a `cuda` tensor that is no VirtualTensor, whose first op fails in
+    PyTorch's absent CUDA backend, and whose allocation is gone). Instead the parameter object
+    becomes the virtual one (`swap_tensors`), so that it stays the same object: weights tied
+    between modules stay one tensor, counted once, as on a GPU."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else _DATA.__get__(obj)
+
+    def __set__(self, obj: Any, new: Any) -> None:
+        if type(new) is tensor.VirtualTensor and type(obj) is not tensor.VirtualTensor:
+            torch.utils.swap_tensors(obj, torch.nn.Parameter(new, obj.requires_grad))
+        else:
+            _DATA.__set__(obj, new)
+
+
 # -- pinned memory on the host
 def _pin_memory(self: torch.Tensor, device: Any = None) -> torch.Tensor:
     if isinstance(self, tensor.VirtualTensor):
@@ -474,6 +497,9 @@ def patch() -> None:
     _set(acc, **acc_fns, **acc_memory)
     _set(acc.memory, **acc_memory)
     _set(torch, Stream=AcceleratorStream, Event=AcceleratorEvent, Generator=Generator)
+
+    if not isinstance(vars(torch.nn.Parameter).get("data"), _ParameterData):
+        torch.nn.Parameter.data = _ParameterData()  # type: ignore[assignment]
 
     tensor_cls = torch.Tensor
     if not hasattr(tensor_cls.pin_memory, "revati"):

@@ -25,7 +25,11 @@ What the glue adds, at transformers' seams and without editing installed files:
   `calls`, for tests and traces; the kernel's cost does not depend on it;
 * with CUDA graphs (`use_cuda_graph=True`, async batching or not), CB samples inside its
   graphs: each replay draws the graph's output ids again from the token oracle (a virtual
-  replay reruns no op). Its `torch.cuda.MemPool` is virtual CUDA's.
+  replay reruns no op). Its `torch.cuda.MemPool` is virtual CUDA's;
+* `from_pretrained` on a folder with a config and no weights (a bundled config's folder,
+  `revati.adapters.models.model_dir`) builds the model with initialised weights, as vLLM's
+  `--load-format dummy` does: `device_map="cuda"` (with accelerate) builds them on the
+  virtual GPU at once, a CPU build moved with `.to("cuda")` works too.
 
 Not covered: `paged|flash_attention_*` (varlen flash kernels, whose cost does depend on the
 composition) needs flash-attn's functions on virtual tensors; `torch.compile` paths are
@@ -37,10 +41,17 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import os
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 CB_MODULE = "transformers.generation.continuous_batching.continuous_api"
+MODELING_MODULE = "transformers.modeling_utils"
+# what transformers loads weights from (model.safetensors, shards and their index, .bin, ...)
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.h5", "*.msgpack",
+                "*.index.json")
 ATTENTION = ("paged|sdpa", "paged|eager")  # the CB attention functions whose calls are recorded
 
 _lock = threading.Lock()
@@ -67,6 +78,47 @@ def on_import(continuous_api: Any) -> None:
             _hook_manager(manager)
         if runner is not None and not getattr(runner._capture_graph, "_revati", False):
             _hook_graph_capture(runner)
+
+
+def on_modeling_import(modeling_utils: Any) -> None:
+    """Let `from_pretrained` take a folder with a model's config and no weights (Revati's
+    bundled configs, a user's config.json): the model gets initialised weights instead, as
+    vLLM's `--load-format dummy` gives, since on a virtual GPU no kernel reads them. Weights
+    that are there load as usual. Hooking once is enough; a second call does nothing."""
+    cls = getattr(modeling_utils, "PreTrainedModel", None)
+    if cls is None:
+        return
+    original = cls.from_pretrained.__func__
+    if getattr(original, "_revati", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(klass: Any, pretrained_model_name_or_path: Any = None, *args: Any,
+                        **kwargs: Any) -> Any:
+        path = pretrained_model_name_or_path
+        if (path is not None and kwargs.get("state_dict") is None
+                and not kwargs.get("gguf_file") and _config_only(path)):
+            from revati.adapters import cuda
+
+            if cuda.is_installed():
+                print(f"revati: {path} holds a config and no weights: {klass.__name__} gets "
+                      "initialised weights", file=sys.stderr)
+                # the config from the folder, as from_pretrained reads it (its own keyword
+                # arguments still override it); no checkpoint to load
+                kwargs["config"] = kwargs.get("config") or str(path)
+                return original(klass, None, *args, state_dict={}, **kwargs)
+        return original(klass, path, *args, **kwargs)
+
+    from_pretrained._revati = True  # type: ignore[attr-defined]
+    cls.from_pretrained = classmethod(from_pretrained)
+
+
+def _config_only(path: Any) -> bool:
+    """A local folder with a config.json and none of the files weights load from."""
+    folder = Path(path) if isinstance(path, (str, os.PathLike)) else None
+    if folder is None or not (folder / "config.json").is_file():
+        return False
+    return not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES)
 
 
 def _hook_manager(cls: Any) -> None:

@@ -50,3 +50,35 @@ def test_a_cb_program_with_cuda_graphs(daemon: Daemon, tmp_path: Path) -> None:
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     assert sum(e.get("name") == "cuda_graph" for e in events) >= 10
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("where", [[], ["--device-map"]], ids=["to-cuda", "device-map"])
+def test_from_pretrained_on_a_folder_with_a_config_and_no_weights(daemon: Daemon,
+                                                                  where: list[str]) -> None:
+    """In a session, `from_pretrained` on a config-only folder (a bundled config) builds the
+    model with initialised weights and says so, its keyword arguments still apply (two layers
+    of four), and the model serves, moved with `.to("cuda")` after a CPU build or built on the
+    virtual GPU by `device_map="cuda"`."""
+    pytest.importorskip("transformers")
+    result, summary = revatictl_run(daemon, [sys.executable, "-m", "tests.adapters.cb_program",
+                                             "--from-pretrained", *where], "--gpu", "h100",
+                                    timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "holds a config and no weights: LlamaForCausalLM gets initialised weights" in \
+        result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["layers"] == 2 and [len(ids) for ids in out["generated"]] == [12, 12, 12]
+    assert summary["counters"]["launches"] > 100
+
+
+def test_only_a_config_folder_without_weights_is_built_from_its_config(tmp_path: Path) -> None:
+    from revati.adapters.transformers import _config_only
+
+    assert not _config_only(tmp_path) and not _config_only("meta-llama/Llama-3.1-8B")
+    (tmp_path / "config.json").write_text("{}")
+    assert _config_only(tmp_path) and _config_only(str(tmp_path))
+    for weights in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        (tmp_path / weights).write_text("")
+        assert not _config_only(tmp_path), weights
+        (tmp_path / weights).unlink()

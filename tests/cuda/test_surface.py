@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed: virtual CUDA needs it")
 
 from revati.predictors import skus  # noqa: E402
+from revati.predictors.launch import Family  # noqa: E402
 from tests.cuda.conftest import NUM_GPUS, RecordingLink  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -86,6 +87,37 @@ def test_memory_counters_follow_the_allocator(vcuda: Any, link: RecordingLink) -
     assert stats["reserved_bytes.all.current"] == torch.cuda.memory_reserved(1)
     torch.cuda.empty_cache()
     assert torch.cuda.mem_get_info(1)[0] == free0
+
+
+def test_a_cpu_module_moved_onto_a_virtual_gpu(vcuda: Any, link: RecordingLink) -> None:
+    """`module.to("cuda")` on a module built on the CPU (a model loaded by transformers'
+    from_pretrained, say): each parameter object becomes a virtual tensor in place, so weights
+    tied between modules stay one parameter, counted once; the move launches its copies and
+    the module runs. (It used to leave bare `cuda` tensors that no op could run on.)"""
+    from revati.adapters.cuda.tensor import VirtualTensor
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(256, 256, bias=False)
+            self.b = torch.nn.Linear(256, 256)
+            self.b.weight = self.a.weight
+            self.b.bias.requires_grad_(False)
+
+    gc.collect()
+    base = torch.cuda.memory_allocated()
+    m = Tied()
+    weight, bias = m.a.weight, m.b.bias
+    m.to("cuda")
+    assert m.a.weight is weight and m.b.weight is weight and m.b.bias is bias
+    assert type(weight) is VirtualTensor and isinstance(weight, torch.nn.Parameter)
+    assert weight.device == torch.device("cuda", 0) and weight.requires_grad
+    assert not bias.requires_grad
+    assert torch.cuda.memory_allocated() - base == 256 * 256 * 4 + 1024  # two blocks, once
+    assert [ev.family for ev in link.launches[-2:]] == [Family.HOST_COPY] * 2
+    assert m.b(m.a(torch.ones(2, 256, device="cuda"))).shape == (2, 256)
+    m.to(torch.bfloat16)  # virtual to virtual: PyTorch's own move, in place
+    assert m.a.weight is weight and weight.dtype == torch.bfloat16
 
 
 def test_oom_message(vcuda: Any, link: RecordingLink) -> None:
