@@ -121,7 +121,10 @@ def _install_datetime(clock: VirtualClock) -> None:
         def today(cls) -> _dt.date:
             return cls.fromtimestamp(page.time())
 
+    # found as `datetime.datetime` and `datetime.date`: pickle stores a class by its module
+    # and qualified name (torchrun's rendezvous pickles a datetime)
     datetime.__module__ = date.__module__ = "datetime"
+    datetime.__qualname__, date.__qualname__ = "datetime", "date"
     _dt.datetime, _dt.date = datetime, date
     _real_datetime_for_extensions(base_dt, base_date)
 

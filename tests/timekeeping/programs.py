@@ -55,6 +55,21 @@ def sleeper(seconds: str) -> dict:
     return {"asked": float(seconds), "slept": time.monotonic() - t0, "woke_at": time.monotonic()}
 
 
+def datetimes(seconds: str) -> dict:
+    """datetime's clock is the session's: now() before and after a sleep; its values and its
+    classes pickle (torchrun's rendezvous pickles a datetime)."""
+    import datetime
+    import pickle
+
+    before = datetime.datetime.now()
+    time.sleep(float(seconds))
+    after, today = datetime.datetime.now(), datetime.date.today()
+    back = pickle.loads(pickle.dumps((after, today, datetime.datetime, datetime.date)))
+    return {"slept": (after - before).total_seconds(),
+            "pickled": back == (after, today, datetime.datetime, datetime.date),
+            "class": type(back[0]) is datetime.datetime}
+
+
 def cancelled_timer(seconds: str) -> dict:
     """A wake-up at 10 ms fires, one at 20 ms is cancelled while not first in line, then the
     program sleeps: the cancelled deadline must not hold the session (it once left the

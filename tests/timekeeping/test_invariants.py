@@ -40,6 +40,12 @@ def test_sleep_skips_to_its_deadline(daemon: Daemon) -> None:
     assert counters["jumped_s"] > 29
 
 
+def test_datetime_reads_the_session_clock_and_pickles(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "datetimes", "600")
+    assert 600.0 <= out["slept"] < 600.01 and summary["counters"]["wall_s"] < 30
+    assert out["pickled"] and out["class"]
+
+
 def test_no_skipped_deadline(daemon: Daemon) -> None:
     """An early sleeper wakes at its own deadline, before a later sleeper's jump target."""
     script = (
