@@ -1,8 +1,9 @@
 """Hugging Face transformers' continuous batching on Revati's virtual CUDA.
 
-A process of a Revati session hooks transformers by itself when it imports transformers'
-continuous batching (adapters/session.py calls `on_import` then, or at once when it joins a
-process that has imported it already), so a program runs under `revatictl run` as it is.
+A process of a Revati session hooks transformers by itself as it imports transformers' model
+code and continuous batching (adapters/session.py calls `on_modeling_import` and `on_import`
+then, or at once when it joins a process that has imported them already), so a program runs
+under `revatictl run` as it is.
 
 transformers 5.17's `ContinuousBatchingManager` (`init_continuous_batching`, `generate_batch`,
 `continuous_batching_context_manager`) runs unchanged on virtual `cuda` tensors: the model's
