@@ -100,8 +100,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             measured += read_profiles(d)
             files += sorted(d.glob("*.csv"))
         if not measured:
-            raise UsageError(f"no training data for {key}: give --profile DIR (no Vidur data "
-                             "for this SKU)")
+            why = ("the profile folders hold no measurements" if args.profile else
+                   "give --profile DIR")
+            vidur_note = ("--no-vidur" if key in vidur.SKU_DATA and args.no_vidur else
+                          "no Vidur data for this SKU")
+            raise UsageError(f"no training data for {key}: {why} ({vidur_note})")
         b = training.build_bundle(key, sku_spec, measured, files, spec_source)
         out = bundles.bundle_dir(key, args.out)
         b.save(out)

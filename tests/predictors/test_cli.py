@@ -40,6 +40,19 @@ def test_eval_errors(tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert "unknown GPU SKU" in capsys.readouterr().err
 
 
+def test_train_without_data_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "profile"
+    empty.mkdir()
+    out = str(tmp_path / "bundles")
+    assert cli.main(["train", "--sku", "h100", "--profile", str(empty), "--no-vidur",
+                     "--out", out]) == 2
+    assert "no training data for h100: the profile folders hold no measurements (--no-vidur)" \
+        in capsys.readouterr().err
+    assert cli.main(["train", "--sku", "l40s", "--out", out]) == 2
+    assert "no training data for l40s: give --profile DIR (no Vidur data for this SKU)" in \
+        capsys.readouterr().err
+
+
 def test_a_known_sku_takes_its_measured_wake_from_the_profile(tmp_path: Path) -> None:
     """specs.json holds an H100's figures; only a profile knows how it slows after idle."""
     from revati.predictors.skus import spec
