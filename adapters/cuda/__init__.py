@@ -135,7 +135,7 @@ def _install(S: State, sku: str, spec: dict[str, Any], num_gpus: int, link: GpuL
     S.oracle = oracle
     S.mem = [DeviceMemory(i, spec["memory_bytes"], context_bytes) for i in range(num_gpus)]
     S.devices = [torch.device("cuda", i) for i in range(num_gpus)]
-    S.generators = [torch.Generator("cpu") for _ in range(num_gpus)]
+    S.generators = [surface.Generator(f"cuda:{i}") for i in range(num_gpus)]
     S.default_streams = [streams.Stream(i, stream_id=0) for i in range(num_gpus)]
     THREAD.__init__()
     guard.install_cuda_guard()

@@ -193,8 +193,14 @@ class _GeneratorType(type(torch._C.Generator)):  # type: ignore[misc]
         return isinstance(obj, torch._C.Generator)
 
 
+PHILOX_STATE_BYTES = 16  # a CUDA generator's state: its seed (uint64) and offset (int64)
+
+
 class Generator(torch._C.Generator, metaclass=_GeneratorType):
-    """torch.Generator that also accepts a cuda device (a CPU generator that says cuda)."""
+    """torch.Generator that also accepts a cuda device: a CPU generator that says cuda, and
+    whose state reads and writes as a CUDA generator's (Philox: seed and offset, 16 bytes;
+    DTensor's random ops move the offset per shard). Setting a state reseeds the CPU generator
+    from both, so that the same state draws the same values again."""
 
     def __new__(cls, device: Any = "cpu") -> Any:
         target = torch.device(device)
@@ -202,11 +208,39 @@ class Generator(torch._C.Generator, metaclass=_GeneratorType):
             return torch._C.Generator(target)
         g = super().__new__(cls, "cpu")
         g.cuda_index = S.device_index(target)
+        g.philox = (torch._C.Generator.initial_seed(g), 0)
         return g
 
     @property
     def device(self) -> torch.device:  # type: ignore[override]
         return torch.device("cuda", self.cuda_index)
+
+    def manual_seed(self, seed: int) -> Generator:  # type: ignore[override]
+        super().manual_seed(seed)
+        self.philox = (super().initial_seed(), 0)
+        return self
+
+    def seed(self) -> int:
+        self.philox = (super().seed(), 0)
+        return self.philox[0]
+
+    def initial_seed(self) -> int:
+        return self.philox[0]
+
+    def get_state(self) -> torch.Tensor:
+        seed, offset = self.philox
+        return torch.tensor([seed - (1 << 64) if seed >= 1 << 63 else seed, offset],
+                            dtype=torch.int64).view(torch.uint8)
+
+    def set_state(self, new_state: torch.Tensor) -> Generator:  # type: ignore[override]
+        if new_state.dtype != torch.uint8 or new_state.numel() != PHILOX_STATE_BYTES:
+            raise RuntimeError(f"RNG state must be a torch.ByteTensor of {PHILOX_STATE_BYTES} "
+                               "bytes (a CUDA generator's seed and offset)")
+        seed, offset = new_state.contiguous().view(torch.int64).tolist()
+        seed %= 1 << 64
+        super().manual_seed((seed * 0x9E3779B97F4A7C15 + offset) % (1 << 64))
+        self.philox = (seed, offset)
+        return self
 
 
 def manual_seed(seed: int) -> None:
@@ -495,6 +529,9 @@ def patch() -> None:
         get_memory_info=mem_get_info,
     )
     _set(acc, **acc_fns, **acc_memory)
+    # the accelerator as a CUDA build on a GPU machine reports it to code that asks torch._C
+    # (transformers builds its tensor-parallel device mesh on this type)
+    torch._C._get_accelerator = lambda check_available=False: torch.device("cuda")
     _set(acc.memory, **acc_memory)
     _set(torch, Stream=AcceleratorStream, Event=AcceleratorEvent, Generator=Generator)
 

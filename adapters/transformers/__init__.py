@@ -30,7 +30,9 @@ What the glue adds, at transformers' seams and without editing installed files:
 * `from_pretrained` on a folder with a config and no weights (a bundled config's folder,
   `revati.adapters.models.model_dir`) builds the model with initialised weights, as vLLM's
   `--load-format dummy` does: `device_map="cuda"` (with accelerate) builds them on the
-  virtual GPU at once, a CPU build moved with `.to("cuda")` works too.
+  virtual GPU at once, a CPU build moved with `.to("cuda")` works too; with `tp_plan="auto"`
+  under `torchrun`, each rank holds its shards on its own virtual GPU (DTensor), and the
+  ranks' all-reduces are collectives revatid meets.
 
 Not covered: `paged|flash_attention_*` (varlen flash kernels, whose cost does depend on the
 composition) needs flash-attn's functions on virtual tensors; `torch.compile` paths are

@@ -82,3 +82,24 @@ def test_only_a_config_folder_without_weights_is_built_from_its_config(tmp_path:
         (tmp_path / weights).write_text("")
         assert not _config_only(tmp_path), weights
         (tmp_path / weights).unlink()
+
+
+@pytest.mark.torch
+def test_tensor_parallel_cb_under_torchrun(daemon: Daemon) -> None:
+    """`torchrun --nproc-per-node 2` in a session (its rendezvous pickles a datetime), and
+    `from_pretrained(tp_plan="auto")`: each rank holds its half of every sharded weight on its
+    own virtual GPU (a DTensor, randomly initialised through the CUDA generator's Philox
+    state), the ranks' all-reduces meet in revatid, and both serve every request."""
+    pytest.importorskip("transformers")
+    result, summary = revatictl_run(
+        daemon, [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                 "tests.adapters.cb_program", "--tp"], "--gpu", "h100", "--num-gpus", "2",
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(ranks) == 2
+    assert sorted(r["weight"][1] for r in ranks) == ["cuda:0", "cuda:1"]
+    for r in ranks:
+        assert r["weight"][0] == "DTensor" and r["weight"][2] == [1024, 512]  # 2048 / 2 rows
+        assert [len(ids) for ids in r["generated"]] == [12, 12, 12]
+    assert summary["counters"]["collectives"] > 0

@@ -145,6 +145,36 @@ def test_random_state(vcuda: Any, link: RecordingLink) -> None:
     assert torch.cuda.get_rng_state().dtype == torch.uint8
 
 
+def test_rng_state_reads_as_a_cuda_generators(vcuda: Any, link: RecordingLink) -> None:
+    """A CUDA generator's state is Philox's seed and offset, 16 bytes, and code reads them
+    (DTensor's random init moves the offset per shard): the virtual one reads and writes
+    the same, and one state draws the same values again. The accelerator is cuda to code that
+    asks torch._C, as on a GPU machine."""
+    torch.cuda.manual_seed(1234)
+    state = torch.cuda.get_rng_state()
+    assert state.dtype == torch.uint8 and state.numel() == 16
+    assert state.view(torch.int64).tolist() == [1234, 0] and torch.cuda.initial_seed() == 1234
+    moved = state.clone()
+    moved[8:] = torch.tensor([64], dtype=torch.int64).view(torch.uint8)
+    torch.cuda.set_rng_state(moved)
+    assert torch.cuda.get_rng_state().view(torch.int64).tolist() == [1234, 64]
+    a = torch.rand(8, device="cuda").tolist()
+    torch.cuda.set_rng_state(moved)
+    assert torch.rand(8, device="cuda").tolist() == a
+    torch.cuda.set_rng_state(state)
+    assert torch.rand(8, device="cuda").tolist() != a  # another offset, other values
+    with torch.random.fork_rng(devices=[0], device_type="cuda"):
+        torch.cuda.manual_seed(99)
+    assert torch.cuda.initial_seed() == 1234
+    g = torch.Generator(device="cuda").manual_seed(2**64 - 1)  # a seed past int64
+    assert g.initial_seed() == 2**64 - 1 and g.get_state().numel() == 16
+    g.set_state(g.get_state())
+    assert g.initial_seed() == 2**64 - 1
+    with pytest.raises(RuntimeError, match="16 bytes"):
+        torch.cuda.set_rng_state(torch.zeros(5056, dtype=torch.uint8))
+    assert torch._C._get_accelerator() == torch.device("cuda")
+
+
 def test_nvtx_and_misc(vcuda: Any, link: RecordingLink) -> None:
     torch.cuda.nvtx.range_push("step")
     torch.cuda.nvtx.range_pop()
