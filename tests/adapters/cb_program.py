@@ -9,6 +9,7 @@ an MLP weight's type, device and local shape, and how many attention calls Revat
 recorded."""
 
 import json
+import os
 import sys
 
 import torch
@@ -47,7 +48,10 @@ out = model.generate_batch([[5, 6, 7], [8, 9, 10, 11, 12], [13]], generation_con
                            continuous_batching_config=cb, progress_bar=False)
 weight = model.model.layers[0].mlp.up_proj.weight
 local = weight.to_local() if hasattr(weight, "to_local") else weight
-print(json.dumps({"generated": [o.generated_tokens for o in out.values()],
-                  "vocab": model.config.vocab_size, "eos": EOS,
-                  "layers": len(model.model.layers), "attention_calls": len(calls),
-                  "weight": [type(weight).__name__, str(local.device), list(local.shape)]}))
+line = json.dumps({"generated": [o.generated_tokens for o in out.values()],
+                   "vocab": model.config.vocab_size, "eos": EOS,
+                   "layers": len(model.model.layers), "attention_calls": len(calls),
+                   "weight": [type(weight).__name__, str(local.device), list(local.shape)]})
+# one write of the whole line: under torchrun the ranks share stdout, and print's separate
+# write of the newline let their lines run into each other
+os.write(sys.stdout.fileno(), (line + "\n").encode())
