@@ -208,7 +208,7 @@ class Generator(torch._C.Generator, metaclass=_GeneratorType):
             return torch._C.Generator(target)
         g = super().__new__(cls, "cpu")
         g.cuda_index = S.device_index(target)
-        g.philox = (torch._C.Generator.initial_seed(g), 0)
+        g._reseed(torch._C.Generator.initial_seed(g), 0)
         return g
 
     @property
@@ -216,13 +216,12 @@ class Generator(torch._C.Generator, metaclass=_GeneratorType):
         return torch.device("cuda", self.cuda_index)
 
     def manual_seed(self, seed: int) -> Generator:  # type: ignore[override]
-        super().manual_seed(seed)
-        self.philox = (super().initial_seed(), 0)
-        return self
+        return self._reseed(int(seed) % (1 << 64), 0)
 
     def seed(self) -> int:
-        self.philox = (super().seed(), 0)
-        return self.philox[0]
+        seed = torch._C.Generator.seed(self)  # a fresh one, as torch draws it
+        self._reseed(seed, 0)
+        return seed
 
     def initial_seed(self) -> int:
         return self.philox[0]
@@ -237,8 +236,11 @@ class Generator(torch._C.Generator, metaclass=_GeneratorType):
             raise RuntimeError(f"RNG state must be a torch.ByteTensor of {PHILOX_STATE_BYTES} "
                                "bytes (a CUDA generator's seed and offset)")
         seed, offset = new_state.contiguous().view(torch.int64).tolist()
-        seed %= 1 << 64
-        super().manual_seed((seed * 0x9E3779B97F4A7C15 + offset) % (1 << 64))
+        return self._reseed(seed % (1 << 64), offset)
+
+    def _reseed(self, seed: int, offset: int) -> Generator:
+        """Draw from here on as (seed, offset) says: the same pair, the same values."""
+        torch._C.Generator.manual_seed(self, (seed * 0x9E3779B97F4A7C15 + offset) % (1 << 64))
         self.philox = (seed, offset)
         return self
 

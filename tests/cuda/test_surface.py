@@ -154,6 +154,9 @@ def test_rng_state_reads_as_a_cuda_generators(vcuda: Any, link: RecordingLink) -
     state = torch.cuda.get_rng_state()
     assert state.dtype == torch.uint8 and state.numel() == 16
     assert state.view(torch.int64).tolist() == [1234, 0] and torch.cuda.initial_seed() == 1234
+    first = torch.rand(8, device="cuda").tolist()
+    torch.cuda.set_rng_state(state)  # back to where manual_seed left it
+    assert torch.rand(8, device="cuda").tolist() == first
     moved = state.clone()
     moved[8:] = torch.tensor([64], dtype=torch.int64).view(torch.uint8)
     torch.cuda.set_rng_state(moved)
