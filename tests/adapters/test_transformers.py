@@ -12,6 +12,22 @@ import pytest
 from tests.conftest import Daemon, revatictl_run
 
 
+def run_program(daemon: Daemon, *flags: str, options: tuple[str, ...] = (), ranks: int = 1,
+                ) -> tuple[list[dict], str, dict]:
+    """cb_program.py with `flags` under `revatictl run` on `ranks` virtual H100s (more than one:
+    under torchrun, a process each): each rank's result line, the run's stderr and the session
+    summary."""
+    launcher = [sys.executable] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
+    result, summary = revatictl_run(
+        daemon, [*launcher, "-m", "tests.adapters.cb_program", *flags], "--gpu", "h100",
+        "--num-gpus", str(ranks), *options, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(outs) == ranks
+    return outs, result.stderr, summary
+
+
 @pytest.mark.torch
 def test_a_cb_program_runs_unchanged_on_a_virtual_gpu(daemon: Daemon) -> None:
     """Under `revatictl run`, transformers' `generate_batch` gets the glue: every request
@@ -19,10 +35,7 @@ def test_a_cb_program_runs_unchanged_on_a_virtual_gpu(daemon: Daemon) -> None:
     the model when the manager is made; without it ids come from a 32000-id default and an
     EOS may end a request early), and the paged attention calls are recorded."""
     pytest.importorskip("transformers")
-    result, summary = revatictl_run(daemon, [sys.executable, "-m", "tests.adapters.cb_program"],
-                                    "--gpu", "h100", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    (out,), _, summary = run_program(daemon)
     assert [len(ids) for ids in out["generated"]] == [12, 12, 12]
     ids = [i for req in out["generated"] for i in req]
     assert all(0 <= i < out["vocab"] and i != out["eos"] for i in ids), ids
@@ -38,11 +51,7 @@ def test_a_cb_program_with_cuda_graphs(daemon: Daemon, tmp_path: Path) -> None:
     the capture left, 0)."""
     pytest.importorskip("transformers")
     trace = tmp_path / "trace.json"
-    result, _ = revatictl_run(daemon, [sys.executable, "-m", "tests.adapters.cb_program",
-                                       "--cuda-graphs"], "--gpu", "h100", "--trace", str(trace),
-                              timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    (out,), _, _ = run_program(daemon, "--cuda-graphs", options=("--trace", str(trace)))
     assert [len(ids) for ids in out["generated"]] == [12, 12, 12]
     for ids in out["generated"]:
         assert len(set(ids[1:])) > 5 and all(0 <= i < out["vocab"] and i != out["eos"]
@@ -61,13 +70,8 @@ def test_from_pretrained_on_a_folder_with_a_config_and_no_weights(daemon: Daemon
     of four), and the model serves, moved with `.to("cuda")` after a CPU build or built on the
     virtual GPU by `device_map="cuda"`."""
     pytest.importorskip("transformers")
-    result, summary = revatictl_run(daemon, [sys.executable, "-m", "tests.adapters.cb_program",
-                                             "--from-pretrained", *where], "--gpu", "h100",
-                                    timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "holds a config and no weights: LlamaForCausalLM gets initialised weights" in \
-        result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    (out,), stderr, summary = run_program(daemon, "--from-pretrained", *where)
+    assert "holds a config and no weights: LlamaForCausalLM gets initialised weights" in stderr
     assert out["layers"] == 2 and [len(ids) for ids in out["generated"]] == [12, 12, 12]
     assert summary["counters"]["launches"] > 100
 
@@ -91,13 +95,7 @@ def test_tensor_parallel_cb_under_torchrun(daemon: Daemon) -> None:
     own virtual GPU (a DTensor, randomly initialised through the CUDA generator's Philox
     state), the ranks' all-reduces meet in revatid, and both serve every request."""
     pytest.importorskip("transformers")
-    result, summary = revatictl_run(
-        daemon, [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
-                 "tests.adapters.cb_program", "--tp"], "--gpu", "h100", "--num-gpus", "2",
-        timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(ranks) == 2
+    ranks, _, summary = run_program(daemon, "--tp", ranks=2)
     assert sorted(r["weight"][1] for r in ranks) == ["cuda:0", "cuda:1"]
     for r in ranks:
         assert r["weight"][0] == "DTensor" and r["weight"][2] == [1024, 512]  # 2048 / 2 rows
