@@ -158,15 +158,15 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
         return wall, json.loads(summary.read_text())
 
 
-def report(reals: list[dict[str, Any]], emus: list[dict[str, Any]], real_wall: float | None,
-           emu_wall: float, session: dict[str, Any], bounds: dict[str, float],
-           extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The comparison of the pooled runs of each side (with each side's run-to-run spread
-    where it ran more than once), checked against `bounds`."""
-    real, emulated = metrics.pooled(reals), metrics.pooled(emus)
+def report(real: dict[str, Any], emulated: dict[str, Any], runs: tuple[list[Any], list[Any]],
+           real_wall: float | None, emu_wall: float, session: dict[str, Any],
+           bounds: dict[str, float], extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The comparison of each side's pooled runs, `real` and `emulated` (with each side's
+    run-to-run spread where `runs`, its runs one by one, holds more than one), checked against
+    `bounds`."""
     table = metrics.compare(real, emulated)
-    metrics.add_spread(table, "real", reals)
-    metrics.add_spread(table, "emulated", emus)
+    metrics.add_spread(table, "real", runs[0])
+    metrics.add_spread(table, "emulated", runs[1])
     failures = metrics.check(table, bounds)
     c = session.get("counters", {})
     speed = {"real_wall_s": real_wall, "emulated_wall_s": emu_wall,
@@ -250,10 +250,10 @@ def cmd_self(args: argparse.Namespace) -> int:
     extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
              "profile": profile_cmd(Path("DIR"))[1:],
              "host_speed": host_speed.drift(around_real, around_profile)}
-    out, failures = report(reals, emus, sum(real_walls) / len(real_walls),
+    real, emulated = metrics.pooled(reals), metrics.pooled(emus)
+    out, failures = report(real, emulated, (reals, emus), sum(real_walls) / len(real_walls),
                            sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
-    return _finish(out, failures, metrics.pooled(reals), metrics.pooled(emus), args,
-                   f"SELF EMULATION {args.size}")
+    return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
 
 
 RUN_KEYS = ("device", "size", "dtype", "model", "layers", "seed", "serving")  # a repeat's
@@ -309,8 +309,8 @@ def cmd_from(args: argparse.Namespace) -> int:
         print(kernels.table(by_kernel))
     extra = {"mode": "from", "sku": sku, "source": str(src), "real_runs": len(runs),
              "gpu_provenance": prov, "host_costs_s": costs, "kernels": by_kernel}
-    out, failures = report(results, [emulated], prov.get("workload_wall_s"), emu_wall, session,
-                           GPU_BOUNDS, extra)
+    out, failures = report(real, emulated, (results, [emulated]), prov.get("workload_wall_s"),
+                           emu_wall, session, GPU_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"{sku} {real['size']}")
 
 
