@@ -531,10 +531,10 @@ def patch() -> None:
         get_memory_info=mem_get_info,
     )
     _set(acc, **acc_fns, **acc_memory)
+    _set(acc.memory, **acc_memory)
     # the accelerator as a CUDA build on a GPU machine reports it to code that asks torch._C
     # (transformers builds its tensor-parallel device mesh on this type)
     torch._C._get_accelerator = lambda check_available=False: torch.device("cuda")
-    _set(acc.memory, **acc_memory)
     _set(torch, Stream=AcceleratorStream, Event=AcceleratorEvent, Generator=Generator)
 
     if not isinstance(vars(torch.nn.Parameter).get("data"), _ParameterData):
