@@ -4,6 +4,7 @@
     python -m revati.predictors.profiler --out DIR [--device cuda|cpu] [--quick]
     python -m revati.predictors.profiler --out DIR --model NAME [--max-tokens N]
     python -m revati.predictors.profiler --specs [--device cuda|cpu]
+    python -m revati.predictors.profiler --out DIR --merge DIR1 --merge DIR2 ... [--model NAME]
 
 Grids: GEMMs over LLM layer shapes (linear layers: `F.linear` with an [n, k] weight); attention
 (scaled_dot_product_attention, and flash-attn / FlashInfer when installed) for prefill and
@@ -15,7 +16,8 @@ of all queries over all keys, heads repeated) and the memory ops at its widths. 
 the adapter's conventions (features.py). DIR also gets spec.json: the device's figures as a
 specs.json entry (measured peaks), which is the spec a bundle uses for a device that specs.json
 does not list (host-cpu), and the device's slowdown after idle (`--wake-rounds`,
-predictors/wake.py) as its `wake` entry.
+predictors/wake.py) as its `wake` entry. `--merge` pools profiles taken at other moments
+(`pooled`) and measures the spec and wake afresh.
 
 On CUDA each launch's time is its kernels' device time from torch.profiler (no launch gaps,
 as in Vidur's data); on CPU the wall time of the call. Medians over --repeats. A GEMM's weight
@@ -30,6 +32,7 @@ exceed twice the cache: from memory, as any model a GPU serves is read.
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.metadata
 import itertools
 import json
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from revati.predictors import wake
-from revati.predictors.dataset import write_profile
+from revati.predictors.dataset import PROFILE_COLUMNS, write_profile
 from revati.predictors.launch import DTYPE_BYTES, Collective, Family
 
 try:
@@ -642,6 +645,30 @@ def _row(case: tuple[Family, str, str, tuple[int, ...]], times: list[float],
             "p90_ns": round(ts[(len(ts) * 9) // 10]), "repeats": len(ts), **env}
 
 
+def pooled(dirs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
+    """The profiles in `dirs` (each one pass or more over the same grids, taken at different
+    moments) as one: per file (family) and case, the median of their medians, p10s and p90s,
+    and the sum of their repeats. A host whose speed drifts is then sampled over the moments
+    the passes were taken at: the self-check spreads its passes between its real runs, so that
+    the profile and the runs see the same spells of the host (`revatictl validate --self`)."""
+    by_file: dict[str, dict[tuple[str, ...], list[dict[str, str]]]] = {}
+    for d in dirs:
+        for path in sorted(d.glob("*.csv")):
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                if tuple(reader.fieldnames or ()) != PROFILE_COLUMNS:
+                    continue
+                cases = by_file.setdefault(path.stem, {})
+                for row in reader:
+                    key = (row["family"], row["op"], row["dtype"], row["feats"])
+                    cases.setdefault(key, []).append(row)
+    return {name: [{**rows[0], **{k: round(statistics.median(float(r[k]) for r in rows))
+                                   for k in ("median_ns", "p10_ns", "p90_ns")},
+                    "repeats": sum(int(r["repeats"]) for r in rows)}
+                   for rows in cases.values()]
+            for name, cases in by_file.items()}
+
+
 # -- collectives (CUDA, two or more GPUs): one process per rank
 _COLLECTIVE_SIZES = [2**i for i in range(11, 29)]
 
@@ -835,6 +862,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="time the slowdown after idle (predictors/wake.py) over this many "
                     "rounds of its idle spells, with the GEMMs (default 20, ~1 s each on a "
                     "CPU; 0: not)")
+    ap.add_argument("--merge", action="append", type=Path, default=[], metavar="DIR",
+                    help="pool these profile folders (passes taken at other moments, "
+                    "repeatable) instead of timing the grids; the spec and wake are "
+                    "measured here")
     ap.add_argument("--specs", action="store_true",
                     help="print this device's spec entry (measured on a small grid) and exit")
     args = ap.parse_args(argv)
@@ -865,7 +896,11 @@ def main(argv: list[str] | None = None) -> int:
                 "attention": attention_cases(dev, quick),
                 "memory": memory_grid(dev, quick, pool or working_set(dev.kind))}
 
-    rows_by_family = measure(dev, grids, families, env, args.passes)
+    for d in args.merge:
+        if not d.is_dir():
+            ap.error(f"--merge: no profile folder {d}")
+    rows_by_family = (pooled(args.merge) if args.merge
+                      else measure(dev, grids, families, env, args.passes))
     if "collective" in families and dev.kind == "cuda" and torch.cuda.device_count() > 1:
         rows_by_family["collective"] = collective_rows(torch.cuda.device_count(), dev.repeats,
                                                        env)

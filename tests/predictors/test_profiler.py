@@ -241,3 +241,44 @@ def test_passes_pool_each_cases_times_and_a_cpu_keeps_them_beyond_the_call_floor
     tiny = profiler.measure(_FixedTimes([floor / 2]), lambda: {"memory": iter(
         [(Family.MEMORY, "aten::add", "fp32", (12, 1), None)])}, {"memory"}, {})
     assert tiny["memory"][0]["median_ns"] == round(floor / 2 * profiler.MIN_BEYOND_FLOOR)
+
+
+def test_profiles_taken_at_other_moments_pool_into_one(tmp_path: Path) -> None:
+    """`--merge`: each case of several profile folders is pooled (the median of their
+    medians, p10s and p90s, the sum of repeats), a case one folder lacks keeps the others',
+    a CSV not in the profile schema is skipped, and the merged folder gets its own spec."""
+    from revati.predictors import profiler
+    from revati.predictors.dataset import write_profile
+
+    def row(feats: str, median: int) -> dict[str, Any]:
+        return {"family": "GEMM", "op": "aten::linear", "dtype": "fp32", "feats": feats,
+                "median_ns": median, "p10_ns": median - 10, "p90_ns": median + 10,
+                "repeats": 5, "device_name": "cpu", "driver": "", "libraries": "torch=x"}
+
+    dirs = [tmp_path / f"pass{i}" for i in range(3)]
+    for d, median in zip(dirs, (1000, 1400, 1100), strict=True):
+        d.mkdir()
+        write_profile(d / "gemm.csv", [row("4 512 512 1", median)])
+        (d / "notes.csv").write_text("a,b\n1,2\n")
+    write_profile(dirs[0] / "gemm.csv", [row("4 512 512 1", 1000), row("8 512 512 1", 2000)])
+    merged = profiler.pooled(dirs)
+    assert list(merged) == ["gemm"]
+    by_feats = {r["feats"]: r for r in merged["gemm"]}
+    assert by_feats["4 512 512 1"]["median_ns"] == 1100
+    assert by_feats["4 512 512 1"]["p90_ns"] == 1110 and by_feats["4 512 512 1"]["repeats"] == 15
+    assert by_feats["8 512 512 1"]["median_ns"] == 2000 and by_feats["8 512 512 1"]["repeats"] == 5
+
+    out = tmp_path / "merged"
+    env = {k: v for k, v in os.environ.items() if k != "REVATI_SESSION"}
+    cmd = [sys.executable, "-m", "revati.predictors.profiler", "--device", "cpu",
+           "--wake-rounds", "0", "--out", str(out)]
+    r = subprocess.run([*cmd, *(a for d in dirs for a in ("--merge", str(d)))],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gemm.csv", "spec.json"]
+    assert len(read_profiles(out)) == 2
+    assert json.loads((out / "spec.json").read_text())["flops"]["fp32"] == pytest.approx(
+        2 * 8 * 512 * 512 / 2000e-9, rel=1e-6)
+    missing = subprocess.run([*cmd, "--merge", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert missing.returncode == 2 and "no profile folder" in missing.stderr
