@@ -161,12 +161,10 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
 def report(real: dict[str, Any], emulated: dict[str, Any], runs: tuple[list[Any], list[Any]],
            real_wall: float | None, emu_wall: float, session: dict[str, Any],
            bounds: dict[str, float], extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The comparison of each side's pooled runs, `real` and `emulated` (with each side's
-    run-to-run spread where `runs`, its runs one by one, holds more than one), checked against
-    `bounds`."""
-    table = metrics.compare(real, emulated)
-    metrics.add_spread(table, "real", runs[0])
-    metrics.add_spread(table, "emulated", runs[1])
+    """The comparison of each side's runs, `runs` (its median run, with the runs' spread
+    where a side ran more than once), checked against `bounds`; `real` and `emulated` are
+    each side's runs pooled (the steps, spans, provenance)."""
+    table = metrics.compare(*runs)
     failures = metrics.check(table, bounds)
     c = session.get("counters", {})
     speed = {"real_wall_s": real_wall, "emulated_wall_s": emu_wall,
@@ -261,7 +259,7 @@ RUN_KEYS = ("device", "size", "dtype", "model", "layers", "seed", "serving")  # 
 
 def real_runs(src: Path) -> list[Path]:
     """The real runs of a GPU results folder: real.json, then real-2.json, real-3.json, ...
-    (gpu_run --repeats N), in order; their requests are pooled."""
+    (gpu_run --repeats N), in order; compared by their median run (metrics.typical)."""
     more = {int(p.stem[5:]): p for p in src.glob("real-*.json") if p.stem[5:].isdigit()}
     return [src / "real.json", *(more[i] for i in sorted(more))]
 

@@ -3,7 +3,8 @@
 TTFT: first token time - arrival. TPOT: (last token - first token) / (tokens - 1), requests
 with two or more tokens. ITL: every gap between consecutive tokens of a request. E2E: finish -
 arrival. Throughput: output tokens / span from the first arrival to the last finish.
-Percentiles are numpy's (linear interpolation). Times in the JSON are milliseconds.
+Percentiles are numpy's (linear interpolation). Times in the JSON are milliseconds. A side that
+ran several times is compared by its median run (typical()).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
 
 
 def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several runs of one workload as one result: their requests together (percentiles over
-    all of them), steps together, the mean span; the first run's other fields."""
+    """Several runs of one workload as one result (the plot's CDFs, the steps): their
+    requests together, steps together, the mean span; the first run's other fields."""
     if len(results) == 1:
         return results[0]
     out = dict(results[0])
@@ -84,34 +85,38 @@ def step_cycles(result: dict[str, Any]) -> dict[str, float]:
             "stalls": len(stalled), "stalled_s": float(sum(stalled))}
 
 
-def compare(real: dict[str, Any], emulated: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per metric: real, emulated and error_pct = (emulated - real) / real * 100."""
-    a, b = summary(real), summary(emulated)
-    return {k: {"real": a[k], "emulated": b[k],
-                "error_pct": (b[k] - a[k]) / a[k] * 100 if a[k] else float("nan")}
-            for k in a}
-
-
-def spread(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Per metric, how far one side's runs of the same workload differ among themselves: (max -
-    min) / median of each run's own value, in percent. The noise floor an error is read
-    against: on a shared VM one side's p50 moves by 5-25% from one run to the next."""
+def typical(results: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """One side's runs of the same workload: per metric the median of each run's own value
+    (a run's p50 TTFT, say), and how far the runs differ among themselves, (max - min) /
+    median in percent. The median run, not the runs' requests pooled: on a shared VM one run
+    in a few takes a slow spell of the host (a run's p50s 20-75% over the others'), which a
+    pool of requests mixes in, while the profile the emulation is built from keeps each
+    case's median over its passes, and so the host's usual speed. The spread is the noise
+    floor an error is read against (5-25% on a p50 on that VM)."""
     per_run = [summary(r) for r in results]
-    out = {}
+    value, spread = {}, {}
     for k in per_run[0]:
         xs = [s[k] for s in per_run]
         mid = float(np.median(xs))
-        out[k] = (max(xs) - min(xs)) / mid * 100 if mid else float("nan")
+        value[k] = mid
+        spread[k] = (max(xs) - min(xs)) / mid * 100 if mid else float("nan")
+    return value, spread
+
+
+def compare(real: list[dict[str, Any]], emulated: list[dict[str, Any]],
+            ) -> dict[str, dict[str, float]]:
+    """Per metric: `real` and `emulated`, each side's median run (typical()), error_pct =
+    (emulated - real) / real * 100, and `<side>_spread_pct` for a side that ran more than
+    once."""
+    (a, a_spread), (b, b_spread) = typical(real), typical(emulated)
+    out = {}
+    for k in a:
+        out[k] = {"real": a[k], "emulated": b[k],
+                  "error_pct": (b[k] - a[k]) / a[k] * 100 if a[k] else float("nan")}
+        for side, runs, spread in (("real", real, a_spread), ("emulated", emulated, b_spread)):
+            if len(runs) > 1:
+                out[k][f"{side}_spread_pct"] = spread[k]
     return out
-
-
-def add_spread(metrics: dict[str, dict[str, float]], side: str,
-               results: list[dict[str, Any]]) -> None:
-    """Give each metric of a comparison `<side>_spread_pct` (spread()), when `side` ran more
-    than once."""
-    if len(results) > 1:
-        for k, pct in spread(results).items():
-            metrics[k][f"{side}_spread_pct"] = pct
 
 
 def table(metrics: dict[str, dict[str, float]]) -> str:

@@ -42,7 +42,7 @@ def test_metrics_from_token_times() -> None:
     summary = metrics.summary(r)
     assert summary["ttft_p50_ms"] == pytest.approx(300.0)
     assert summary["throughput_tok_s"] == pytest.approx(5 / 1.6)
-    table = metrics.compare(r, _result([0.0, 1.0], [[0.11, 0.2, 0.4], [1.5, 1.6]]))
+    table = metrics.compare([r], [_result([0.0, 1.0], [[0.11, 0.2, 0.4], [1.5, 1.6]])])
     assert table["ttft_p50_ms"]["error_pct"] == pytest.approx(305 / 300 * 100 - 100)
     assert metrics.check(table, {"ttft_p50_ms": 5.0}) == []
     assert metrics.check(table, {"ttft_p50_ms": 1.0})
@@ -56,22 +56,29 @@ def test_pooled_runs_keep_every_request() -> None:
     assert metrics.summary(p)["ttft_p50_ms"] == pytest.approx(150.0)
 
 
-def test_run_to_run_spread_is_shown_beside_the_error() -> None:
-    """Each side that ran more than once gets the spread of its runs' own values ((max - min) /
-    median), in the comparison, the table and a failure's message; a side run once gets none."""
-    runs = [_result([0.0], [[t, t + 0.1]]) for t in (0.10, 0.12, 0.15)]  # TTFT 100, 120, 150 ms
-    assert metrics.spread(runs)["ttft_p50_ms"] == pytest.approx(50 / 120 * 100)
-    table = metrics.compare(metrics.pooled(runs), _result([0.0], [[0.2, 0.3]]))
-    metrics.add_spread(table, "real", runs)
-    metrics.add_spread(table, "emulated", runs[:1])
-    assert table["ttft_p50_ms"]["real_spread_pct"] == pytest.approx(50 / 120 * 100)
+def test_each_side_is_its_median_run_with_the_runs_spread_beside_the_error() -> None:
+    """A side that ran several times is compared by its median run (per metric the median of
+    each run's own value: one run slowed by the host moves it less than a pool of requests
+    would) and gets the spread of its runs ((max - min) / median), in the comparison, the
+    table and a failure's message; a side run once gets none."""
+    runs = [_result([0.0], [[t, t + 0.1]]) for t in (0.10, 0.12, 0.30)]  # TTFT 100, 120, 300 ms
+    value, spread = metrics.typical(runs)
+    assert value["ttft_p50_ms"] == pytest.approx(120.0)
+    assert metrics.summary(metrics.pooled(runs))["ttft_p50_ms"] == pytest.approx(120.0)
+    assert spread["ttft_p50_ms"] == pytest.approx(200 / 120 * 100)
+    # the slow run moves the pooled p90 by a third of its excess, the median run not at all
+    assert value["ttft_p90_ms"] == pytest.approx(120.0)
+    assert metrics.summary(metrics.pooled(runs))["ttft_p90_ms"] == pytest.approx(264.0)
+    table = metrics.compare(runs, [_result([0.0], [[0.2, 0.3]])])
+    assert table["ttft_p50_ms"]["real"] == pytest.approx(120.0)
+    assert table["ttft_p50_ms"]["real_spread_pct"] == pytest.approx(200 / 120 * 100)
     assert "emulated_spread_pct" not in table["ttft_p50_ms"]
     lines = metrics.table(table).splitlines()
     assert lines[0].split()[-2:] == ["spread", "%"] and "emul spread" not in lines[0]
     ttft = next(line for line in lines if line.startswith("ttft_p50_ms"))
-    assert ttft.split()[-1] == "41.7"
+    assert ttft.split()[-1] == "166.7"
     (failure,) = metrics.check(table, {"ttft_p50_ms": 10.0})
-    assert "+66.7%, bound 10%; the real runs spread 42%" in failure
+    assert "+66.7%, bound 10%; the real runs spread 167%" in failure
 
 
 def test_step_cycles_and_stalls() -> None:
