@@ -12,6 +12,10 @@ measured launch shape:
   feats       the family's integer feature tuple (launch.FEATURE_NAMES), space separated
   median_ns, p10_ns, p90_ns, repeats
   device_name, driver, libraries    where it was measured ("torch=2.13.0 cuda=12.8 ...")
+  mean_ns     the mean, each time capped at MEAN_CAP medians: what a predictor learns (a
+              step's time is the sum of its kernels', which goes with their means; on a
+              shared host with slow spells the median leaves the spells out). Profiles
+              written before it (LEGACY_COLUMNS) are read with their median.
 """
 
 from __future__ import annotations
@@ -24,7 +28,18 @@ from typing import NamedTuple
 from revati.predictors.launch import Family, LaunchEvent
 
 PROFILE_COLUMNS = ("family", "op", "dtype", "feats", "median_ns", "p10_ns", "p90_ns", "repeats",
-                   "device_name", "driver", "libraries")
+                   "device_name", "driver", "libraries", "mean_ns")
+LEGACY_COLUMNS = PROFILE_COLUMNS[:-1]  # before mean_ns (2026-12-07)
+# A time over this many medians of its case counts as this many in the mean: a preemption of
+# the timing thread (milliseconds) would otherwise outweigh a short op's other times, while a
+# slow spell of a shared host (1.2-1.6x, docs/validation.md) is kept.
+MEAN_CAP = 3.0
+
+
+def capped_mean(times: Sequence[float], median: float) -> float:
+    """The mean of `times`, each capped at MEAN_CAP x `median` (their median)."""
+    cap = MEAN_CAP * median
+    return sum(min(t, cap) for t in times) / len(times)
 
 
 class Measured(NamedTuple):
@@ -58,10 +73,11 @@ def read_profiles(directory: Path) -> list[Measured]:
     for path in sorted(directory.glob("*.csv")):
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) != PROFILE_COLUMNS:
+            if tuple(reader.fieldnames or ()) not in (PROFILE_COLUMNS, LEGACY_COLUMNS):
                 continue
             for row in reader:
                 ev = event(Family[row["family"]], row["op"], row["dtype"], row["feats"].split())
-                out.append(Measured(row["op"], (ev,), float(row["median_ns"]),
+                out.append(Measured(row["op"], (ev,),
+                                    float(row.get("mean_ns") or row["median_ns"]),
                                     f"profile:{directory.name}"))
     return out

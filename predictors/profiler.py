@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from revati.predictors import wake
-from revati.predictors.dataset import PROFILE_COLUMNS, write_profile
+from revati.predictors.dataset import LEGACY_COLUMNS, PROFILE_COLUMNS, capped_mean, write_profile
 from revati.predictors.launch import DTYPE_BYTES, Collective, Family
 
 try:
@@ -639,34 +639,50 @@ def cpu_call_floor_ns(op: str, calls: int = 400) -> float:
 def _row(case: tuple[Family, str, str, tuple[int, ...]], times: list[float],
          env: dict[str, str]) -> dict[str, Any]:
     family, op, dtype, feats = case
-    ts = sorted(times)
     return {"family": family.name, "op": op, "dtype": dtype, "feats": " ".join(map(str, feats)),
-            "median_ns": round(statistics.median(ts)), "p10_ns": round(ts[len(ts) // 10]),
-            "p90_ns": round(ts[(len(ts) * 9) // 10]), "repeats": len(ts), **env}
+            **_stats(times), **env}
+
+
+def _stats(times: list[float]) -> dict[str, int]:
+    """A profile row's times (dataset.py): median, p10, p90, repeats and the capped mean."""
+    ts = sorted(times)
+    median = statistics.median(ts)
+    return {"median_ns": round(median), "p10_ns": round(ts[len(ts) // 10]),
+            "p90_ns": round(ts[(len(ts) * 9) // 10]), "repeats": len(ts),
+            "mean_ns": round(capped_mean(ts, median))}
 
 
 def pooled(dirs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
     """The profiles in `dirs` (each one pass or more over the same grids, taken at different
     moments) as one: per file (family) and case, the median of their medians, p10s and p90s,
-    and the sum of their repeats. A host whose speed drifts is then sampled over the moments
-    the passes were taken at: the self-check spreads its passes between its real runs, so that
-    the profile and the runs see the same spells of the host (`revatictl validate --self`)."""
+    the sum of their repeats and the mean of their means (by repeats). A host whose speed
+    drifts is then sampled over the moments the passes were taken at: the self-check spreads
+    its passes between its real runs, so that the profile and the runs see the same spells of
+    the host (`revatictl validate --self`)."""
     by_file: dict[str, dict[tuple[str, ...], list[dict[str, str]]]] = {}
     for d in dirs:
         for path in sorted(d.glob("*.csv")):
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
-                if tuple(reader.fieldnames or ()) != PROFILE_COLUMNS:
+                if tuple(reader.fieldnames or ()) not in (PROFILE_COLUMNS, LEGACY_COLUMNS):
                     continue
                 cases = by_file.setdefault(path.stem, {})
                 for row in reader:
                     key = (row["family"], row["op"], row["dtype"], row["feats"])
                     cases.setdefault(key, []).append(row)
-    return {name: [{**rows[0], **{k: round(statistics.median(float(r[k]) for r in rows))
-                                   for k in ("median_ns", "p10_ns", "p90_ns")},
-                    "repeats": sum(int(r["repeats"]) for r in rows)}
-                   for rows in cases.values()]
+    return {name: [_pooled_row(rows) for rows in cases.values()]
             for name, cases in by_file.items()}
+
+
+def _pooled_row(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """One case's rows of several profiles as one (pooled)."""
+    repeats = [int(r["repeats"]) for r in rows]
+    means = [float(r.get("mean_ns") or r["median_ns"]) for r in rows]
+    return {**rows[0], **{k: round(statistics.median(float(r[k]) for r in rows))
+                          for k in ("median_ns", "p10_ns", "p90_ns")},
+            "repeats": sum(repeats),
+            "mean_ns": round(sum(m * n for m, n in zip(means, repeats, strict=True))
+                             / sum(repeats))}
 
 
 # -- collectives (CUDA, two or more GPUs): one process per rank
@@ -721,11 +737,7 @@ def collective_rows(world: int, repeats: int, env: dict[str, str]) -> list[dict[
                      nprocs=ranks, join=True)
             for kind, op, size, times in json.loads(Path(out).read_text()):
                 rows.append({"family": Family.COLLECTIVE.name, "op": op, "dtype": "bf16",
-                             "feats": f"{kind} {size} {ranks}",
-                             "median_ns": round(statistics.median(times)),
-                             "p10_ns": round(times[len(times) // 10]),
-                             "p90_ns": round(times[(len(times) * 9) // 10]),
-                             "repeats": len(times), **env})
+                             "feats": f"{kind} {size} {ranks}", **_stats(times), **env})
         ranks *= 2
     return rows
 

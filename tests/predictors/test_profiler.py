@@ -236,6 +236,15 @@ def test_passes_pool_each_cases_times_and_a_cpu_keeps_them_beyond_the_call_floor
     assert row["repeats"] == 6 and row["env"] == "x"
     assert row["median_ns"] == round(500_000 - floor)
     assert row["p10_ns"] == round(100_000 - floor)
+    assert row["mean_ns"] == round(500_000 - floor)
+    # a pass in a slow spell moves the mean, which a predictor learns; a time over MEAN_CAP
+    # medians (the timing thread preempted) counts as MEAN_CAP medians
+    slow = profiler.measure(_FixedTimes([100_000.0, 100_000.0, 140_000.0, 100_000.0,
+                                         100_000.0, 9_000_000.0]), grids, {"memory"}, {},
+                            passes=6)["memory"][0]
+    median = 100_000 - floor
+    assert slow["median_ns"] == round(median)
+    assert slow["mean_ns"] == round((4 * median + (140_000 - floor) + 3 * median) / 6)
     # an op without a floor call keeps its times; none goes below a tenth of its call
     assert profiler.cpu_call_floor_ns("aten::unknown_op") == 0.0
     tiny = profiler.measure(_FixedTimes([floor / 2]), lambda: {"memory": iter(
@@ -258,15 +267,22 @@ def test_profiles_taken_at_other_moments_pool_into_one(tmp_path: Path) -> None:
     dirs = [tmp_path / f"pass{i}" for i in range(3)]
     for d, median in zip(dirs, (1000, 1400, 1100), strict=True):
         d.mkdir()
-        write_profile(d / "gemm.csv", [row("4 512 512 1", median)])
+        write_profile(d / "gemm.csv", [row("4 512 512 1", median) | {"mean_ns": median + 30}])
         (d / "notes.csv").write_text("a,b\n1,2\n")
-    write_profile(dirs[0] / "gemm.csv", [row("4 512 512 1", 1000), row("8 512 512 1", 2000)])
+    # a profile written before mean_ns: its median stands for its mean
+    with open(dirs[0] / "gemm.csv", "w", newline="") as fh:
+        legacy = csv.DictWriter(fh, fieldnames=PROFILE_COLUMNS[:-1])
+        legacy.writeheader()
+        legacy.writerows([row("4 512 512 1", 1000), row("8 512 512 1", 2000)])
     merged = profiler.pooled(dirs)
     assert list(merged) == ["gemm"]
     by_feats = {r["feats"]: r for r in merged["gemm"]}
     assert by_feats["4 512 512 1"]["median_ns"] == 1100
     assert by_feats["4 512 512 1"]["p90_ns"] == 1110 and by_feats["4 512 512 1"]["repeats"] == 15
+    assert by_feats["4 512 512 1"]["mean_ns"] == round((1000 + 1430 + 1130) / 3)
     assert by_feats["8 512 512 1"]["median_ns"] == 2000 and by_feats["8 512 512 1"]["repeats"] == 5
+    assert [m.time_ns for m in read_profiles(dirs[0])] == [1000, 2000]
+    assert [m.time_ns for m in read_profiles(dirs[1])] == [1430]
 
     out = tmp_path / "merged"
     env = {k: v for k, v in os.environ.items() if k != "REVATI_SESSION"}
