@@ -7,8 +7,8 @@
 kernels at the workload model's shapes with the project's profiler (one torch thread), build
 the `host-cpu` bundle from that profile (in this machine's bundle folder,
 `revati.predictors.skus.user_bundles_dir()`), run the workload under Revati on a virtual
-`host-cpu` device, and compare per-request metrics. With --repeats, each emulated run gets a
-fresh profile taken just before it.
+`host-cpu` device, and compare per-request metrics. The profile's passes are taken between
+the real runs (cmd_self), so that both see the same spells of a host whose speed drifts.
 
 --from DIR: a folder written on a GPU machine by `python -m revati.revatid.validate.gpu_run`
 (real.json, profile/, provenance.json): build the SKU's bundle from that profile (plus the
@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,8 @@ def _say(msg: str) -> None:
 PROFILE_PASSES = 5  # the CPU profile's passes over its grid (its times pooled, per shape)
 
 
-def profile_cmd(out: Path) -> list[str]:
+def profile_cmd(out: Path, passes: int = PROFILE_PASSES,
+                merge: tuple[Path, ...] = ()) -> list[str]:
     """The CPU profile of the self-check: the shapes its model runs (`--model`: every linear
     layer at every batch size to the serving's batch token limit, the masked packed attention
     of `paged|sdpa`, the memory ops at its widths), as the real-GPU check profiles its model.
@@ -81,10 +84,13 @@ def profile_cmd(out: Path) -> list[str]:
     measured (on a CPU the flash kernel costs as much causal as masked). The GEMMs' weight
     copies span the model's weights (the profiler's default with --model), so that they come
     from the cache where the model fits in it (Llama-tiny's 66 MiB in the 260-300 MiB L3 of
-    the hosts CI runs on; timed from memory instead, a decode step came out 60% long)."""
+    the hosts CI runs on; timed from memory instead, a decode step came out 60% long).
+    `merge`: pool these earlier passes instead of timing (and time the slowdown after idle,
+    which the passes leave out)."""
     return [sys.executable, "-m", "revati.predictors.profiler", "--device", "cpu",
             "--model", workload.MODEL, "--max-tokens", str(workload.Serving().max_batch_tokens),
-            "--passes", str(PROFILE_PASSES), "--out", str(out)]
+            *([a for d in merge for a in ("--merge", str(d))] if merge
+              else ["--passes", str(passes), "--wake-rounds", "0"]), "--out", str(out)]
 
 
 def _quiet(cmd: list[str], env: dict[str, str]) -> None:
@@ -95,16 +101,22 @@ def _quiet(cmd: list[str], env: dict[str, str]) -> None:
         raise SystemExit(f"validate: {' '.join(cmd[:4])} ... failed ({done.returncode})")
 
 
-def host_cpu_bundle(work: Path) -> Path:
-    """Profile this CPU into `work` and build the host-cpu bundle from that profile in this
-    machine's bundle folder (where `revatictl run --gpu host-cpu` finds it). Returns the bundle
-    folder. A profile holds only for runs taken next to it: the hosts' speed drifts (1-row
-    GEMMs 15% slower two minutes apart), so --self profiles again before each emulated run."""
+def profile_passes(out: Path, passes: int) -> Path:
+    """`passes` passes of the CPU profile into `out` (one torch thread, as the real run)."""
+    _say(f"profiling this CPU ({workload.MODEL}'s shapes, {THREADS} thread, {passes} "
+         f"pass{'es' if passes > 1 else ''})")
+    _quiet(profile_cmd(out, passes), _cpu_env())
+    return out
+
+
+def host_cpu_bundle(work: Path, passes: list[Path]) -> Path:
+    """Pool the profile `passes` into one profile in `work` (timing the slowdown after idle
+    there) and build the host-cpu bundle from it in this machine's bundle folder (where
+    `revatictl run --gpu host-cpu` finds it). Returns the bundle folder."""
     from revati.predictors import skus
 
     prof = work / "profile"
-    _say(f"profiling this CPU ({workload.MODEL}'s shapes, {THREADS} thread)")
-    _quiet(profile_cmd(prof), _cpu_env())
+    _quiet(profile_cmd(prof, merge=tuple(passes)), _cpu_env())
     root = skus.user_bundles_dir()
     _say(f"building the host-cpu bundle -> {root / 'host-cpu'}")
     _quiet([sys.executable, "-m", "revati.predictors", "train", "--sku", "host-cpu",
@@ -206,7 +218,9 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
     if "host_speed" in out:
         h = out["host_speed"]
         print(f"host speed: the probe ({h['probe']}) took {h['real_ms']:.3f} ms around the real"
-              f" runs, {h['profile_ms']:.3f} ms around the profiles ({h['drift_pct']:+.1f}%)")
+              f" runs, {h['profile_ms']:.3f} ms around the profiles ({h['drift_pct']:+.1f}%)"
+              + (f"; {len(h['retried'])} steps taken again after a slow spell"
+                 if h.get("retried") else ""))
     if args.json:
         _mkdir(Path(args.json).parent).joinpath(Path(args.json).name).write_text(
             json.dumps(out, indent=1) + "\n")
@@ -223,31 +237,50 @@ def _finish(out: dict[str, Any], failures: list[str], real: dict[str, Any],
 
 
 def cmd_self(args: argparse.Namespace) -> int:
+    """The real runs and the CPU profile's passes alternate, then the emulated runs follow
+    on the bundle of those passes, each step taken again when the host was in a slow spell
+    around it (host_speed.SteadyHost). The host's speed drifts by tens of percent within
+    minutes (docs/validation.md): a profile taken apart from the real runs, even just before
+    each emulated run, put the host's state at the profile's moments against its state at
+    the runs' (TPOT +9% with the host 13% faster around the real runs than around the
+    profiles). Spread between the real runs, the profile's passes sample the same host as
+    the runs, and the pooled profile is the device the real runs ran on."""
     reals, emus, real_walls, emu_walls = [], [], [], []
     around_real: list[float] = []
     around_profile: list[float] = []
+    per_slot = math.ceil(PROFILE_PASSES / args.repeats)
+    host = host_speed.SteadyHost()
     with tempfile.TemporaryDirectory(prefix="revati-validate-") as tmp:
+        passes = []
         for i in range(args.repeats):
-            real_path, emu_path = Path(tmp) / f"real{i}.json", Path(tmp) / f"emulated{i}.json"
-            # alternate the order, so that a drift in the host's load biases neither side
-            for side in (("real", "emu") if i % 2 == 0 else ("emu", "real")):
-                if side == "real":
+            real_path = Path(tmp) / f"real{i}.json"
+            # alternate the order, so that a drift in the host's speed biases neither
+            for step in (("profile", "real") if i % 2 == 0 else ("real", "profile")):
+                if step == "real":
                     _say(f"real run on this CPU ({args.size}, {i + 1}/{args.repeats})")
-                    around_real.append(host_speed.probe_ms())
-                    real_walls.append(run_real(args.size, real_path))
-                    around_real.append(host_speed.probe_ms())
+                    wall, probes = host.run(partial(run_real, args.size, real_path),
+                                            f"real run {i + 1}")
+                    real_walls.append(wall)
+                    around_real += probes
                 else:
-                    around_profile.append(host_speed.probe_ms())
-                    bundle = host_cpu_bundle(_mkdir(Path(tmp) / f"profile{i}"))
-                    around_profile.append(host_speed.probe_ms())
-                    _say(f"emulated run on a virtual host-cpu ({i + 1}/{args.repeats})")
-                    wall, session = run_emulated("host-cpu", args.size, "fp32", emu_path)
-                    emu_walls.append(wall)
+                    pass_dir, probes = host.run(partial(
+                        profile_passes, Path(tmp) / f"pass{i}", per_slot), f"profile {i + 1}")
+                    passes.append(pass_dir)
+                    around_profile += probes
             reals.append(json.loads(real_path.read_text()))
+        bundle = host_cpu_bundle(Path(tmp), passes)
+        for i in range(args.repeats):
+            emu_path = Path(tmp) / f"emulated{i}.json"
+            _say(f"emulated run on a virtual host-cpu ({i + 1}/{args.repeats})")
+            (wall, session), _ = host.run(partial(
+                run_emulated, "host-cpu", args.size, "fp32", emu_path), f"emulated run {i + 1}")
+            emu_walls.append(wall)
             emus.append(json.loads(emu_path.read_text()))
     extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
-             "profile": profile_cmd(Path("DIR"))[1:],
-             "host_speed": host_speed.drift(around_real, around_profile)}
+             "profile": profile_cmd(Path("DIR"), per_slot)[1:],
+             "profile_passes": per_slot * args.repeats,
+             "host_speed": {**host_speed.drift(around_real, around_profile),
+                            "retried": host.retried}}
     real, emulated = metrics.pooled(reals), metrics.pooled(emus)
     out, failures = report(real, emulated, (reals, emus), sum(real_walls) / len(real_walls),
                            sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)

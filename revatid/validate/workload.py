@@ -57,7 +57,7 @@ class Size:
 
 
 SIZES = {
-    "small": Size(requests=12, time_scale=0.1, max_prompt=128, max_output=16),
+    "small": Size(requests=36, time_scale=0.2, max_prompt=128, max_output=16),
     "full": Size(requests=64, time_scale=0.15, max_prompt=256, max_output=64),
 }
 

@@ -221,13 +221,17 @@ def test_the_real_cpu_run_keeps_freed_memory_as_a_caching_allocator_does(
 
 def test_the_self_check_profiles_its_models_own_shapes() -> None:
     """The CPU profile of --self times Llama-tiny's shapes (its masked attention among them)
-    to the serving's batch token limit, in several passes."""
-    cmd = cli.profile_cmd(Path("/x"))
+    to the serving's batch token limit, in passes taken between the real runs and pooled
+    afterwards, where the slowdown after idle is timed."""
+    cmd = cli.profile_cmd(Path("/x"), 2)
     flags = dict(zip(cmd[3::2], cmd[4::2], strict=True))
     assert cmd[1:3] == ["-m", "revati.predictors.profiler"]
-    assert flags == {"--device": "cpu", "--model": workload.MODEL,
-                     "--max-tokens": str(workload.Serving().max_batch_tokens),
-                     "--passes": str(cli.PROFILE_PASSES), "--out": "/x"}
+    model = {"--device": "cpu", "--model": workload.MODEL,
+             "--max-tokens": str(workload.Serving().max_batch_tokens)}
+    assert flags == {**model, "--passes": "2", "--wake-rounds": "0", "--out": "/x"}
+    merge = cli.profile_cmd(Path("/m"), merge=(Path("/a"), Path("/b")))
+    assert merge[3:] == [a for k, v in model.items() for a in (k, v)] + [
+        "--merge", "/a", "--merge", "/b", "--out", "/m"]
     assert cli.PROFILE_PASSES > 1
 
 
@@ -245,18 +249,38 @@ def test_host_speed_probe_and_drift() -> None:
     assert host_speed.drift([0.9], [1.0])["drift_pct"] == -10.0
 
 
-REGRESSION_BOUND_PCT = 50.0
+def test_a_step_caught_in_a_slow_spell_of_the_host_is_taken_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SteadyHost probes the host around each step and takes the step again while a probe is
+    over SLOW_SPELL times the check's fastest one, at most RETRIES times, keeping the last
+    try; each retry is said in `retried`."""
+    from revati.revatid.validate import host_speed
+
+    probes = iter([1.0, 1.05, 1.1,  # the three at the start
+                   1.02, 1.6,  # the first step: a slow spell after it
+                   1.0, 1.1,  # its second try: steady
+                   1.5, 1.4, 1.3, 1.4, 1.2, 1.5])  # the second step: slow every time
+    monkeypatch.setattr(host_speed, "probe_ms", lambda: next(probes))
+    calls = []
+    host = host_speed.SteadyHost()
+    assert host.run(lambda: calls.append("a") or len(calls), "real run 1") == (2, [1.0, 1.1])
+    assert host.retried == ["real run 1: probes 1.020 and 1.600 ms, the fastest 1.000 ms"]
+    assert host.run(lambda: calls.append("b") or len(calls), "profile 1") == (5, [1.2, 1.5])
+    assert calls == ["a", "a", "b", "b", "b"] and len(host.retried) == 1 + host_speed.RETRIES
+
+
+REGRESSION_BOUND_PCT = 35.0
 
 
 @pytest.mark.torch
 def test_self_emulation_small(tmp_path: Path) -> None:
-    """`revatictl validate --self` at the CI size: both runs serve the same requests and
-    tokens, the report, bundle and plot are written, and p50 TTFT, TPOT and E2E of the emulated
-    run are within REGRESSION_BOUND of the real CPU run (each side run three times, alternating,
-    requests pooled). The issue's bound is 10%; docs/validation.md has the measured errors
-    (2026-12-07: TTFT -9% to +6%, TPOT -6% to +13%, E2E -3% to +7%) and each side's
-    run-to-run spread (5-25% on a p50 between runs minutes apart on this VM) that keep it
-    from holding every time (the command itself exits 1 past 10%)."""
+    """`revatictl validate --self` at the CI size: both sides serve the same requests and
+    tokens, the profile's passes are taken between the real runs, the report, bundle and plot
+    are written, and p50 TTFT, TPOT and E2E of the emulated median run are within
+    REGRESSION_BOUND of the real one (each side run three times). The issue's bound is 10%;
+    docs/validation.md (item 13) has the measured errors (2026-12-07: within it in 6 of 8
+    checks, TTFT -22% to +5%, TPOT -14% to +8%, E2E -12% to +7%) and why it does not hold
+    every time on this VM (the command itself exits 1 past 10%)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     out = tmp_path / "self.json"
@@ -280,11 +304,12 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     speed = report["host_speed"]
     assert len(speed["around_real_ms"]) == len(speed["around_profile_ms"]) == 2 * 3
     assert isinstance(speed["drift_pct"], float) and "host speed:" in proc.stdout
+    assert isinstance(speed["retried"], list) and report["profile_passes"] >= cli.PROFILE_PASSES
     assert (tmp_path / "cache" / "bundles" / "host-cpu" / "bundle.json").is_file()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
-    # Measured with --repeats 3: TTFT -18% to +6%, TPOT -7% to +13%, E2E -5% to +7% (2026-12-07,
-    # docs/validation.md items 10-12); -28% / -19% / -16% once while the host was slow.
+    # Measured with --repeats 3 (2026-12-07, docs/validation.md item 13): TTFT -22% to +5%,
+    # TPOT -14% to +8%, E2E -12% to +7%, the worst while the host was slow for the real runs.
     # This guards against regressions of the mechanism (a broken capture or prediction is off
     # by several times), not the 10% target.
     for key in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
