@@ -357,8 +357,8 @@ def add_parser(sub: Any) -> None:
     from revati.revatid.ctl import at_least
 
     p.add_argument("--repeats", type=at_least(1), default=1,
-                   help="--self: run each side this many times (alternating) and pool the "
-                   "requests of all runs (default 1)")
+                   help="--self: run each side this many times (the real runs between the "
+                   "profile's passes) and compare each side's median run (default 1)")
     p.add_argument("--json", help="write the comparison JSON here")
     p.add_argument("--png", help="write the CDF plot here (default: beside --json)")
 
