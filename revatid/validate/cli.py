@@ -1,6 +1,7 @@
 """`revatictl validate`: the accuracy harness (real versus emulated, end to end).
 
-    revatictl validate --self [--size small|full] [--json FILE] [--png FILE]
+    revatictl validate --self [--size small|full] [--repeats N] [--keep DIR] [--json FILE]
+                              [--png FILE]
     revatictl validate --from DIR [--json FILE] [--png FILE]
 
 --self (no GPU): run the workload (workload.py) for real on this CPU; profile this CPU's
@@ -27,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -276,6 +278,8 @@ def cmd_self(args: argparse.Namespace) -> int:
                 run_emulated, "host-cpu", args.size, "fp32", emu_path), f"emulated run {i + 1}")
             emu_walls.append(wall)
             emus.append(json.loads(emu_path.read_text()))
+        if args.keep:
+            _keep(Path(tmp), Path(args.keep), args.repeats)
     extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
              "profile": profile_cmd(Path("DIR"), per_slot)[1:],
              "profile_passes": per_slot * args.repeats,
@@ -285,6 +289,17 @@ def cmd_self(args: argparse.Namespace) -> int:
     out, failures = report(real, emulated, (reals, emus), sum(real_walls) / len(real_walls),
                            sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
+
+
+def _keep(tmp: Path, dest: Path, repeats: int) -> None:
+    """--keep: each run's own result (its requests' token times, its forward steps) and the
+    pooled profile, out of the check's temporary folder, to look into step by step."""
+    _mkdir(dest)
+    for side in ("real", "emulated"):
+        for i in range(repeats):
+            shutil.copyfile(tmp / f"{side}{i}.json", dest / f"{side}-{i + 1}.json")
+    shutil.copytree(tmp / "profile", dest / "profile", dirs_exist_ok=True)
+    _say(f"each run's result and the profile kept in {dest}")
 
 
 RUN_KEYS = ("device", "size", "dtype", "model", "layers", "seed", "serving")  # a repeat's
@@ -359,6 +374,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=at_least(1), default=1,
                    help="--self: run each side this many times (the real runs between the "
                    "profile's passes) and compare each side's median run (default 1)")
+    p.add_argument("--keep", metavar="DIR", help="--self: keep each run's own result "
+                   "(real-1.json, ..., emulated-1.json, ...) and the pooled profile in DIR")
     p.add_argument("--json", help="write the comparison JSON here")
     p.add_argument("--png", help="write the CDF plot here (default: beside --json)")
 

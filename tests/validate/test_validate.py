@@ -288,8 +288,8 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     env["REVATI_CACHE"] = str(tmp_path / "cache")
     proc = subprocess.run(
         [sys.executable, "-m", "revati.revatid.ctl", "validate", "--self", "--size", "small",
-         "--repeats", "3", "--json", str(out)], capture_output=True, text=True, timeout=900,
-        cwd=ROOT, env=env)
+         "--repeats", "3", "--keep", str(tmp_path / "runs"), "--json", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert out.exists(), proc.stderr[-3000:]
     report = json.loads(out.read_text())
     m = report["metrics"]
@@ -307,6 +307,12 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     assert isinstance(speed["retried"], list) and report["profile_passes"] >= cli.PROFILE_PASSES
     assert (tmp_path / "cache" / "bundles" / "host-cpu" / "bundle.json").is_file()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # --keep: each run's own result, whose median run is the report's, and the profile
+    kept = {side: [json.loads((tmp_path / "runs" / f"{side}-{i}.json").read_text())
+                   for i in (1, 2, 3)] for side in ("real", "emulated")}
+    assert m["tpot_p50_ms"]["real"] == metrics.typical(kept["real"])[0]["tpot_p50_ms"]
+    assert m["tpot_p50_ms"]["emulated"] == metrics.typical(kept["emulated"])[0]["tpot_p50_ms"]
+    assert (tmp_path / "runs" / "profile" / "spec.json").is_file()
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
     # Measured with --repeats 3 (2026-12-07, docs/validation.md item 13): TTFT -22% to +5%,
     # TPOT -14% to +8%, E2E -12% to +7%, the worst while the host was slow for the real runs.
