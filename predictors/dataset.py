@@ -67,17 +67,26 @@ def write_profile(path: Path, rows: Sequence[dict[str, object]]) -> None:
         w.writerows(rows)
 
 
+def profile_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of one profile CSV, as written (none for a CSV whose header is not ours)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) not in (PROFILE_COLUMNS, LEGACY_COLUMNS):
+            return []
+        return list(reader)
+
+
+def row_time_ns(row: dict[str, str]) -> float:
+    """The time a predictor learns from a profile row: its capped mean, or its median in a
+    profile written before mean_ns."""
+    return float(row.get("mean_ns") or row["median_ns"])
+
+
 def read_profiles(directory: Path) -> list[Measured]:
     """Every profile CSV in `directory` (files whose header is not ours are skipped)."""
     out: list[Measured] = []
     for path in sorted(directory.glob("*.csv")):
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) not in (PROFILE_COLUMNS, LEGACY_COLUMNS):
-                continue
-            for row in reader:
-                ev = event(Family[row["family"]], row["op"], row["dtype"], row["feats"].split())
-                out.append(Measured(row["op"], (ev,),
-                                    float(row.get("mean_ns") or row["median_ns"]),
-                                    f"profile:{directory.name}"))
+        for row in profile_rows(path):
+            ev = event(Family[row["family"]], row["op"], row["dtype"], row["feats"].split())
+            out.append(Measured(row["op"], (ev,), row_time_ns(row), f"profile:{directory.name}"))
     return out

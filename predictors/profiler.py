@@ -32,7 +32,6 @@ exceed twice the cache: from memory, as any model a GPU serves is read.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.metadata
 import itertools
 import json
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from revati.predictors import wake
-from revati.predictors.dataset import LEGACY_COLUMNS, PROFILE_COLUMNS, capped_mean, write_profile
+from revati.predictors.dataset import capped_mean, profile_rows, row_time_ns, write_profile
 from revati.predictors.launch import DTYPE_BYTES, Collective, Family
 
 try:
@@ -662,14 +661,9 @@ def pooled(dirs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
     by_file: dict[str, dict[tuple[str, ...], list[dict[str, str]]]] = {}
     for d in dirs:
         for path in sorted(d.glob("*.csv")):
-            with open(path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                if tuple(reader.fieldnames or ()) not in (PROFILE_COLUMNS, LEGACY_COLUMNS):
-                    continue
-                cases = by_file.setdefault(path.stem, {})
-                for row in reader:
-                    key = (row["family"], row["op"], row["dtype"], row["feats"])
-                    cases.setdefault(key, []).append(row)
+            for row in profile_rows(path):
+                key = (row["family"], row["op"], row["dtype"], row["feats"])
+                by_file.setdefault(path.stem, {}).setdefault(key, []).append(row)
     return {name: [_pooled_row(rows) for rows in cases.values()]
             for name, cases in by_file.items()}
 
@@ -677,7 +671,7 @@ def pooled(dirs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
 def _pooled_row(rows: list[dict[str, str]]) -> dict[str, Any]:
     """One case's rows of several profiles as one (pooled)."""
     repeats = [int(r["repeats"]) for r in rows]
-    means = [float(r.get("mean_ns") or r["median_ns"]) for r in rows]
+    means = [row_time_ns(r) for r in rows]
     return {**rows[0], **{k: round(statistics.median(float(r[k]) for r in rows))
                           for k in ("median_ns", "p10_ns", "p90_ns")},
             "repeats": sum(repeats),
