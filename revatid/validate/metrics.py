@@ -89,10 +89,10 @@ def typical(results: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, 
     """One side's runs of the same workload: per metric the median of each run's own value
     (a run's p50 TTFT, say), and how far the runs differ among themselves, (max - min) /
     median in percent. The median run, not the runs' requests pooled: on a shared VM one run
-    in a few takes a slow spell of the host (a run's p50s 20-75% over the others'), which a
-    pool of requests mixes in, while the profile the emulation is built from keeps each
-    case's median over its passes, and so the host's usual speed. The spread is the noise
-    floor an error is read against (5-25% on a p50 on that VM)."""
+    in a few is caught in a long slow spell of the host (a run's p50s 20-75% over the
+    others'), which a pool of requests mixes into every percentile and the median of three
+    runs leaves out. The spread is the noise floor an error is read against (a few percent
+    to 25% on a p50 on that VM)."""
     per_run = [summary(r) for r in results]
     value, spread = {}, {}
     for k in per_run[0]:
