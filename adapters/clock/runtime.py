@@ -50,6 +50,7 @@ class VirtualClock:
         # The C methods are bound once: hooks call them with no Python frame in between.
         self.now_ns = self.page.now
         self.rate_hint = 1.0
+        self.op_credit_ns = 0
         self._lock = threading.Lock()
         self._local = threading.local()  # .depth: hooked waits the thread is inside
         self._deadlines: dict[int, int] = {}  # wait token -> virtual deadline
@@ -90,6 +91,7 @@ class VirtualClock:
         its dispatch costs on a real device (measured once per process by the virtual CUDA
         layer: revati.adapters.cuda.entry_cost)."""
         self.page.set_op_credit(int(ns))
+        self.op_credit_ns = int(ns)
 
     # -- thread accounting
     def thread_started(self) -> None:

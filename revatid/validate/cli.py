@@ -173,20 +173,23 @@ def run_emulated(sku: str, size: str, dtype: str, out: Path, bundle: Path | None
 
 
 def report(real: dict[str, Any], emulated: dict[str, Any], runs: tuple[list[Any], list[Any]],
-           real_wall: float | None, emu_wall: float, session: dict[str, Any],
+           real_wall: float | None, emu_wall: float, sessions: list[dict[str, Any]],
            bounds: dict[str, float], extra: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The comparison of each side's runs, `runs` (its median run, with the runs' spread
     where a side ran more than once), checked against `bounds`; `real` and `emulated` are
-    each side's runs pooled (the steps, spans, provenance)."""
+    each side's runs pooled (the steps, spans, provenance), `sessions` the emulated runs'
+    session summaries (their counters summed)."""
     table = metrics.compare(*runs)
     failures = metrics.check(table, bounds)
-    c = session.get("counters", {})
+    c = _summed_counters(sessions)
     speed = {"real_wall_s": real_wall, "emulated_wall_s": emu_wall,
              "speedup": real_wall / emu_wall if real_wall else None,
              "real_span_s": real["span_s"], "emulated_span_s": emulated["span_s"],
-             "session_virtual_s": c.get("virtual_s"), "session_wall_s": c.get("wall_s"),
-             "session_speedup": c.get("speedup"), "kernel_launches": c.get("launches"),
-             "predicted_by": c.get("predicted_by")}
+             "session_virtual_s": c["virtual_s"], "session_wall_s": c["wall_s"],
+             "session_speedup": c["virtual_s"] / c["wall_s"] if c["wall_s"] else None,
+             "kernel_launches": c["launches"], "predicted_by": c["predicted_by"],
+             "op_entry_s": c["op_entry_s"],
+             "op_credit_ns": [r["provenance"].get("op_credit_ns") for r in runs[1]]}
     steps = {name: {"steps": len(r.get("steps", [])),
                     "query_tokens": sum(s[2] for s in r.get("steps", [])),
                     **metrics.step_cycles(r)}
@@ -196,6 +199,20 @@ def report(real: dict[str, Any], emulated: dict[str, Any], runs: tuple[list[Any]
            "real": {k: real[k] for k in ("device", "size", "dtype", "serving", "provenance")},
            "emulated": {k: emulated[k] for k in ("device", "size", "dtype", "provenance")}}
     return out, failures
+
+
+def _summed_counters(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The emulated runs' session counters, summed: virtual and wall seconds, launches, the
+    op entries' credited seconds, and launches by predictor."""
+    out: dict[str, Any] = {"virtual_s": 0.0, "wall_s": 0.0, "launches": 0, "op_entry_s": 0.0,
+                           "predicted_by": {}}
+    for session in sessions:
+        c = session.get("counters", {})
+        for key in ("virtual_s", "wall_s", "launches", "op_entry_s"):
+            out[key] += c.get(key) or 0
+        for name, n in (c.get("predicted_by") or {}).items():
+            out["predicted_by"][name] = out["predicted_by"].get(name, 0) + n
+    return out
 
 
 def _steps_line(name: str, steps: dict[str, Any]) -> str:
@@ -247,7 +264,7 @@ def cmd_self(args: argparse.Namespace) -> int:
     the runs' (TPOT +9% with the host 13% faster around the real runs than around the
     profiles). Spread between the real runs, the profile's passes sample the same host as
     the runs, and the pooled profile is the device the real runs ran on."""
-    reals, emus, real_walls, emu_walls = [], [], [], []
+    reals, emus, real_walls, emu_walls, sessions = [], [], [], [], []
     around_real: list[float] = []
     around_profile: list[float] = []
     per_slot = math.ceil(PROFILE_PASSES / args.repeats)
@@ -277,6 +294,8 @@ def cmd_self(args: argparse.Namespace) -> int:
             (wall, session), _ = host.run(partial(
                 run_emulated, "host-cpu", args.size, "fp32", emu_path), f"emulated run {i + 1}")
             emu_walls.append(wall)
+            sessions.append(session)
+            (Path(tmp) / f"emulated{i}.session.json").write_text(json.dumps(session, indent=1))
             emus.append(json.loads(emu_path.read_text()))
         if args.keep:
             _keep(Path(tmp), Path(args.keep), args.repeats)
@@ -287,7 +306,7 @@ def cmd_self(args: argparse.Namespace) -> int:
                             "retried": host.retried}}
     real, emulated = metrics.pooled(reals), metrics.pooled(emus)
     out, failures = report(real, emulated, (reals, emus), sum(real_walls) / len(real_walls),
-                           sum(emu_walls) / len(emu_walls), session, SELF_BOUNDS, extra)
+                           sum(emu_walls) / len(emu_walls), sessions, SELF_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
 
 
@@ -295,9 +314,11 @@ def _keep(tmp: Path, dest: Path, repeats: int) -> None:
     """--keep: each run's own result (its requests' token times, its forward steps) and the
     pooled profile, out of the check's temporary folder, to look into step by step."""
     _mkdir(dest)
-    for side in ("real", "emulated"):
-        for i in range(repeats):
-            shutil.copyfile(tmp / f"{side}{i}.json", dest / f"{side}-{i + 1}.json")
+    for i in range(repeats):
+        # an emulated run's session summary too: its counters, its processes' time in Revati
+        for name, kept in ((f"real{i}", f"real-{i + 1}"), (f"emulated{i}", f"emulated-{i + 1}"),
+                           (f"emulated{i}.session", f"emulated-{i + 1}.session")):
+            shutil.copyfile(tmp / f"{name}.json", dest / f"{kept}.json")
     shutil.copytree(tmp / "profile", dest / "profile", dirs_exist_ok=True)
     _say(f"each run's result and the profile kept in {dest}")
 
@@ -356,7 +377,7 @@ def cmd_from(args: argparse.Namespace) -> int:
     extra = {"mode": "from", "sku": sku, "source": str(src), "real_runs": len(runs),
              "gpu_provenance": prov, "host_costs_s": costs, "kernels": by_kernel}
     out, failures = report(real, emulated, (results, [emulated]), prov.get("workload_wall_s"),
-                           emu_wall, session, GPU_BOUNDS, extra)
+                           emu_wall, [session], GPU_BOUNDS, extra)
     return _finish(out, failures, real, emulated, args, f"{sku} {real['size']}")
 
 

@@ -300,6 +300,10 @@ def test_self_emulation_small(tmp_path: Path) -> None:
         # each side ran three times: its runs' own spread stands beside the error
         assert m[key]["real_spread_pct"] >= 0 and m[key]["emulated_spread_pct"] >= 0
     assert report["speed"]["kernel_launches"] > 1000
+    # each emulated process measured its op credit (a few us on any host this runs on), and
+    # the session summed what it credited across the three runs
+    assert all(200 < ns < 50_000 for ns in report["speed"]["op_credit_ns"])
+    assert len(report["speed"]["op_credit_ns"]) == 3 and report["speed"]["op_entry_s"] > 0
     # the host's speed probed around each real run and each profile
     speed = report["host_speed"]
     assert len(speed["around_real_ms"]) == len(speed["around_profile_ms"]) == 2 * 3
@@ -313,6 +317,9 @@ def test_self_emulation_small(tmp_path: Path) -> None:
     assert m["tpot_p50_ms"]["real"] == metrics.typical(kept["real"])[0]["tpot_p50_ms"]
     assert m["tpot_p50_ms"]["emulated"] == metrics.typical(kept["emulated"])[0]["tpot_p50_ms"]
     assert (tmp_path / "runs" / "profile" / "spec.json").is_file()
+    sessions = [json.loads((tmp_path / "runs" / f"emulated-{i}.session.json").read_text())
+                for i in (1, 2, 3)]
+    assert sum(s["counters"]["launches"] for s in sessions) == report["speed"]["kernel_launches"]
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
     # Measured with --repeats 3 (2026-12-07, docs/validation.md item 13): TTFT -22% to +5%,
     # TPOT -14% to +8%, E2E -12% to +7%, the worst while the host was slow for the real runs.
@@ -403,6 +410,7 @@ def test_validate_from_the_committed_h200_results(tmp_path: Path) -> None:
     assert report["steps"]["real"]["query_tokens"] > 0
     assert report["host_costs_s"]["aten::_scaled_dot_product_cudnn_attention"] > 4e-3
     assert abs(report["kernels"]["GEMM"]["error_pct"]) < 5
+    assert len(report["speed"]["op_credit_ns"]) == 1  # the one emulated run's process
     for key, row in report["metrics"].items():
         assert row["real"] > 0 and row["emulated"] > 0, key
     assert proc.returncode == (0 if report["within_bounds"] else 1), proc.stderr[-3000:]
