@@ -246,9 +246,10 @@ def provenance(device: str) -> dict[str, Any]:
     if device == "cuda":
         info["device_name"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
-        from revati.adapters.session import member
-
-        if (joined := member()) is not None:  # under Revati: this process's op credit
+        # Under Revati, this process's op credit. Looked up, not imported: on a GPU machine
+        # the session module's C clock and msgpack need not exist (scripts/gpu_validate.sh).
+        session = sys.modules.get("revati.adapters.session")
+        if session is not None and (joined := session.member()) is not None:
             info["op_credit_ns"] = joined.clock.op_credit_ns
     else:
         from revati.predictors.profiler import _cpu_name

@@ -187,6 +187,27 @@ def test_profiled_device_is_found_in_the_user_bundle_folder(tmp_path: Path,
     assert skus.resolve("h100") == "h100"
 
 
+OUTSIDE_A_SESSION = """import sys, torch
+from revati.revatid.validate import workload
+torch.cuda.get_device_name = lambda index: "A real GPU"
+info = workload.provenance("cuda")
+print("op_credit_ns" in info, "revati.adapters.session" in sys.modules)
+"""
+
+
+@pytest.mark.torch
+def test_a_real_gpu_runs_provenance_leaves_revatis_session_code_alone() -> None:
+    """On a lent GPU machine the workload runs from source folders (scripts/gpu_validate.sh),
+    where the session module's C clock and msgpack need not exist: the provenance of a real
+    `cuda` run must not import it (the op credit is an emulated process's only)."""
+    pytest.importorskip("transformers")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVATI_")}
+    proc = subprocess.run([sys.executable, "-c", OUTSIDE_A_SESSION], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "False"]
+
+
 FAULTS = """import resource
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(50):
