@@ -392,9 +392,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--size", choices=sorted(workload.SIZES), default="small")
     from revati.revatid.ctl import at_least
 
-    p.add_argument("--repeats", type=at_least(1), default=1,
+    # Three by default: on a shared host one run of a side in a few meets a slow spell, and a
+    # lone run's p50s move 5-25% (docs/validation.md, items 12-13); a median of three does not.
+    p.add_argument("--repeats", type=at_least(1), default=3,
                    help="--self: run each side this many times (the real runs between the "
-                   "profile's passes) and compare each side's median run (default 1)")
+                   "profile's passes) and compare each side's median run (default 3)")
     p.add_argument("--keep", metavar="DIR", help="--self: keep each run's own result "
                    "(real-1.json, ..., emulated-1.json, ...) and the pooled profile in DIR")
     p.add_argument("--json", help="write the comparison JSON here")

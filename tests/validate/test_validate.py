@@ -4,6 +4,7 @@ profiled-device lookup)."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -185,6 +186,15 @@ def test_profiled_device_is_found_in_the_user_bundle_folder(tmp_path: Path,
     dev = skus.device_spec("host-cpu")
     assert dev["name"] == "Some CPU" and dev["synchronous"] and dev["capability"] == [8, 0]
     assert skus.resolve("h100") == "h100"
+
+
+def test_the_self_check_runs_each_side_three_times_by_default() -> None:
+    """A lone run of either side moves its p50s by 5-25% on a shared host: the bare command
+    compares the median of three runs a side."""
+    ap = argparse.ArgumentParser()
+    cli.add_parser(ap.add_subparsers(dest="command"))
+    assert ap.parse_args(["validate", "--self"]).repeats == 3
+    assert ap.parse_args(["validate", "--self", "--repeats", "1"]).repeats == 1
 
 
 OUTSIDE_A_SESSION = """import sys, torch
