@@ -295,10 +295,9 @@ def cmd_self(args: argparse.Namespace) -> int:
                 run_emulated, "host-cpu", args.size, "fp32", emu_path), f"emulated run {i + 1}")
             emu_walls.append(wall)
             sessions.append(session)
-            (Path(tmp) / f"emulated{i}.session.json").write_text(json.dumps(session, indent=1))
             emus.append(json.loads(emu_path.read_text()))
         if args.keep:
-            _keep(Path(tmp), Path(args.keep), args.repeats)
+            _keep(Path(tmp), Path(args.keep), args.repeats, sessions)
     extra = {"mode": "self", "sku": "host-cpu", "bundle": str(bundle), "repeats": args.repeats,
              "profile": profile_cmd(Path("DIR"), per_slot)[1:],
              "profile_passes": per_slot * args.repeats,
@@ -310,15 +309,15 @@ def cmd_self(args: argparse.Namespace) -> int:
     return _finish(out, failures, real, emulated, args, f"SELF EMULATION {args.size}")
 
 
-def _keep(tmp: Path, dest: Path, repeats: int) -> None:
-    """--keep: each run's own result (its requests' token times, its forward steps) and the
+def _keep(tmp: Path, dest: Path, repeats: int, sessions: list[dict[str, Any]]) -> None:
+    """--keep: each run's own result (its requests' token times, its forward steps), each
+    emulated run's session summary (its counters, its processes' time in Revati) and the
     pooled profile, out of the check's temporary folder, to look into step by step."""
     _mkdir(dest)
     for i in range(repeats):
-        # an emulated run's session summary too: its counters, its processes' time in Revati
-        for name, kept in ((f"real{i}", f"real-{i + 1}"), (f"emulated{i}", f"emulated-{i + 1}"),
-                           (f"emulated{i}.session", f"emulated-{i + 1}.session")):
-            shutil.copyfile(tmp / f"{name}.json", dest / f"{kept}.json")
+        for side in ("real", "emulated"):
+            shutil.copyfile(tmp / f"{side}{i}.json", dest / f"{side}-{i + 1}.json")
+        _write_json(dest / f"emulated-{i + 1}.session.json", sessions[i])
     shutil.copytree(tmp / "profile", dest / "profile", dirs_exist_ok=True)
     _say(f"each run's result and the profile kept in {dest}")
 
