@@ -237,5 +237,51 @@ def zmq_receivers(seconds: str) -> dict:
     return {"message": got[0][0], "received_at": got[0][1] - t0, "timed_out": timed_out}
 
 
+def uvloop_streaming(rounds: str) -> dict:
+    """An HTTP-like streaming server under uvloop, as vLLM's API server runs: it listens on a
+    socket of its own made with proto 0, and answers each request on one kept-alive connection
+    with a header chunk at once, then token chunks 5 virtual ms apart. The client reports how
+    long after its header each response's first token chunk arrived."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0, as vLLM's
+    listener.bind(("127.0.0.1", 0))
+    nodelay: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        while await reader.readline():
+            writer.write(b"header\n")
+            for token in range(3):
+                await asyncio.sleep(0.005)
+                writer.write(b"token %d\n" % token)
+        writer.close()
+
+    async def main() -> dict:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(serve, sock=listener)
+        reader, writer = await asyncio.open_connection(*listener.getsockname())
+        first_token_after_header = []
+        for _ in range(int(rounds)):
+            writer.write(b"request\n")
+            await reader.readline()
+            header_at = time.monotonic()
+            await reader.readline()
+            first_token_after_header.append(time.monotonic() - header_at)
+            for _ in range(2):
+                await reader.readline()
+            await asyncio.sleep(0.05)
+        writer.close()
+        server.close()
+        return {"loop": type(loop) is uvloop.Loop, "nodelay": nodelay,
+                "first_token_after_header": first_token_after_header}
+
+    return uvloop.run(main(), debug=False)
+
+
 if __name__ == "__main__":
     print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])), flush=True)

@@ -128,9 +128,10 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(module_daemon: Daemon
     """Physics: one decode step reads every weight once, 16 GB at 3.35 TB/s, about 4.8 ms. The
     step's kernels (its graph) must take within 25% of that; the time between streamed tokens
     adds the sampler and the host work between steps (vLLM on a real H100 reports 6.2-6.7 ms
-    for this model at batch 1). Not TPOT: vLLM's bench takes it as (E2E - TTFT) / (n - 1), so
-    host work that holds back the first token (tens of ms on a loaded 2-core host) lowers it
-    below the step; the median gap between tokens does not move with that."""
+    for this model at batch 1). TPOT, (E2E - TTFT) / (n - 1), is no less than the step: the
+    first token is not held back (it was, by Nagle's algorithm on the API server's
+    connections, until the session's uvloop stand-in set TCP_NODELAY as uvloop does), and the
+    time to it is the 512-token prefill plus the API server's and the engine's host work."""
     demo = run_demo(module_daemon, tmp_path, "--num-prompts", "3", "--request-rate", "0.2",
                     "--output-len", "64")
     steps = [e["dur"] / 1e3 for e in demo.trace
@@ -141,7 +142,11 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(module_daemon: Daemon
     assert bound_ms <= step_ms < 1.25 * bound_ms
     itl = demo.result["median_itl_ms"]
     assert step_ms <= itl < 1.5 * bound_ms
-    assert bound_ms <= demo.result["median_tpot_ms"] < 1.5 * bound_ms
+    assert step_ms <= demo.result["median_tpot_ms"] < 1.5 * bound_ms
+    # the prefill's graph (512 tokens, the largest captured), then host work: 14 + 10-19 ms
+    # on the 2-core hosts of 2026-12-07 (the API server's, in real time)
+    prefill_ms = max(steps)
+    assert prefill_ms < demo.result["median_ttft_ms"] < prefill_ms + 6 * step_ms
 
 
 def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_path: Path) -> None:
