@@ -81,6 +81,22 @@ def rotary(self: Any, positions: torch.Tensor, query: torch.Tensor, key: torch.T
     return query, key
 
 
+QKNORM_HEAD_DIMS = (64, 128, 256, 512, 1024)  # those SGLang's JIT QK-norm kernel is built for
+
+
+def can_use_qknorm(head_dim: int, dtype: torch.dtype) -> bool:
+    """SGLang's check for its JIT QK-norm kernel builds it (nvcc, minutes on a small host, for a
+    kernel that never runs here): the stand-in below takes the shapes the kernel takes."""
+    return head_dim in QKNORM_HEAD_DIMS
+
+
+def qknorm(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+           eps: float = 1e-6, *, head_dim: int = 0) -> None:
+    """Qwen3's per-head RMSNorm of q and k, in place, as SGLang's one fused JIT kernel."""
+    _memory("sglang::qknorm", q, 2 * _bytes(q, k) + _bytes(q_weight, k_weight),
+            q.numel() + k.numel())
+
+
 def clamp_position(self: Any, seq_lens: torch.Tensor) -> torch.Tensor:
     """positions = max(seq_lens - 1, 0) as int64: on an H100 SGLang's JIT kernel into a tensor
     like `seq_lens`, then the cast, two launches (forward_native takes three, and three trips

@@ -2,12 +2,16 @@
 
 SGLang JIT-compiles some kernels at first use (nvcc + TVM-FFI) and launches them through
 DLPack, past the torch dispatcher, so virtual tensors cannot catch them. Each hook here makes
-SGLang take its torch path instead, whose ops become launch events as usual.
+SGLang take its torch path instead, whose ops become launch events as usual, or, where the
+kernel fuses what the torch path runs as several launches, puts a one-launch stand-in in its
+place (adapters/sglang/fused_ops.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from revati.adapters.sglang import fused_ops
 
 
 def _never(*args: Any, **kwargs: Any) -> bool:
@@ -53,6 +57,9 @@ REPLACEMENTS = (
     # nvcc and fails to link without the CUDA runtime; memory_pool.py:175 then writes K/V with
     # index ops, which is what we want from the start.
     ("sglang.srt.mem_cache.memory_pool.can_use_store_cache", _never),
+    # Qwen3's QK norm (models/utils.py:apply_qk_norm): the check builds the JIT kernel
+    ("sglang.srt.models.utils.can_use_fused_inplace_qknorm", fused_ops.can_use_qknorm),
+    ("sglang.srt.models.utils.fused_inplace_qknorm", fused_ops.qknorm),
 )
 
 

@@ -174,6 +174,29 @@ def test_fused_op_stand_ins_emit_one_launch_each(vcuda: Any, link: RecordingLink
     assert launches[0].feats == (2 * t * h * 2 + h * 2, t * h)
 
 
+def test_qwen3_qk_norm_is_one_launch_with_no_jit_build(vcuda: Any, link: RecordingLink) -> None:
+    """Qwen3's QK norm: SGLang's check for its JIT kernel builds it with nvcc (minutes, and the
+    session's clock jumped to the start-up timeout meanwhile); the hooks answer the check from
+    the shapes and put a one-launch stand-in in the kernel's place."""
+    from revati.adapters.sglang import fused_ops, kernels
+
+    targets = dict(kernels.REPLACEMENTS)
+    assert targets["sglang.srt.models.utils.can_use_fused_inplace_qknorm"] is \
+        fused_ops.can_use_qknorm
+    assert targets["sglang.srt.models.utils.fused_inplace_qknorm"] is fused_ops.qknorm
+    assert fused_ops.can_use_qknorm(128, torch.bfloat16)
+    assert not fused_ops.can_use_qknorm(96, torch.bfloat16)
+    t, hd = 8, 128
+    q = torch.empty(t, 32, hd, device="cuda", dtype=torch.bfloat16)
+    k = torch.empty(t, 8, hd, device="cuda", dtype=torch.bfloat16)
+    w = torch.empty(hd, device="cuda", dtype=torch.bfloat16)
+    n = len(link.launches)
+    assert fused_ops.qknorm(q, k, w, w, 1e-6, head_dim=hd) is None  # in place
+    (launch,) = link.launches[n:]
+    assert (launch.family, launch.op) == (Family.MEMORY, "sglang::qknorm")
+    assert launch.feats == (2 * (t * 40 * hd * 2) + 2 * hd * 2, t * 40 * hd)
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 def test_clamp_position_computes_a_decode_batchs_positions_in_two_launches(
         vcuda: Any, link: RecordingLink, dtype: torch.dtype) -> None:

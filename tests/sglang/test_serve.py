@@ -104,6 +104,21 @@ def test_decode_step_is_bound_by_weight_bytes_and_tokens_follow_the_trace(
     assert bound_ms <= r["median_tpot_ms"] < 1.5 * bound_ms
 
 
+def test_qwen3_serves_with_its_qk_norm_as_one_launch(module_daemon: Daemon,
+                                                    tmp_path: Path) -> None:
+    """Another bundled model: Qwen3-8B (QK norm, 36 layers, a 151k vocabulary). Its start-up
+    once built SGLang's JIT QK-norm kernel with nvcc, while the clock jumped to the start-up
+    timeout."""
+    r, _, trace = run_demo(module_daemon, tmp_path, "--model", "Qwen3-8B", "--num-prompts", "3",
+                           "--request-rate", "4", "--output-len", "16")
+    assert r["completed"] == 3 and r["output_lens_ok"]
+    # the eager forwards (prefills) norm q and k with one launch a layer; decode steps replay
+    # graphs that hold theirs
+    qknorms = [e for e in trace if e.get("ph") == "X" and e.get("name") == "sglang::qknorm"]
+    assert len(qknorms) >= 3 * 36 and len(qknorms) % 36 == 0, len(qknorms)
+    assert any(e.get("ph") == "X" and e.get("name") == "cuda_graph" for e in trace)
+
+
 def test_a_shared_prefix_workload_hits_the_radix_cache(module_daemon: Daemon,
                                                       tmp_path: Path) -> None:
     """Four groups of requests share a 48-token prefix: SGLang's own counters show every
