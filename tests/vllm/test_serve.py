@@ -149,6 +149,21 @@ def test_decode_step_at_batch_one_is_bound_by_weight_bytes(module_daemon: Daemon
     assert prefill_ms < demo.result["median_ttft_ms"] < prefill_ms + 6 * step_ms
 
 
+def test_a_mixture_of_experts_model_serves(module_daemon: Daemon, tmp_path: Path) -> None:
+    """Qwen3-30B-A3B (128 experts, 8 a token) on one H100: each MoE layer is its routing launch
+    and two grouped GEMMs over the experts the step's tokens reach (adapters/vllm/custom_ops)."""
+    demo = run_demo(module_daemon, tmp_path, "--model", "Qwen3-30B-A3B", "--num-prompts", "3",
+                    "--request-rate", "4", "--input-len", "128", "--output-len", "16")
+    assert demo.result["completed"] == 3 and demo.result["output_lens_ok"]
+    names = {e.get("name") for e in demo.trace if e.get("ph") == "X"}
+    assert {"vllm::topk_softmax", "vllm::fused_moe_w13", "vllm::fused_moe_w2"} <= names
+    # the quickest decode step (batch 1) reads at least the attention weights, 8 experts a layer
+    # and the LM head (3.0B parameters, 6.1 GB) and at most every weight (57 GiB)
+    step_ms = sorted(e["dur"] / 1e3 for e in demo.trace
+                     if e.get("ph") == "X" and e.get("name") == "cuda_graph")[0]
+    assert 6e9 / H100_HBM_BYTES_PER_S * 1e3 < step_ms < 61e9 / H100_HBM_BYTES_PER_S * 1e3
+
+
 def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_path: Path) -> None:
     demo = run_demo(module_daemon, tmp_path, "--tp", "2", "--num-prompts", "6",
                     "--request-rate", "4", "--output-len", "32")
