@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from revati.adapters import moe_experts
 from revati.adapters.cuda import launch
 from revati.adapters.cuda.ops import dtype_name
 from revati.adapters.cuda.state import S
@@ -79,6 +80,18 @@ def rotary(self: Any, positions: torch.Tensor, query: torch.Tensor, key: torch.T
             2 * _bytes(query, key) + _bytes(positions) + rows,
             query.numel() + (key.numel() if key is not None else 0))
     return query, key
+
+
+def fused_moe(self: Any, layer: Any, dispatch_output: Any) -> Any:
+    """An unquantized fused-MoE layer (the quant method's forward) as its grouped GEMMs
+    (adapters/moe_experts.py); SGLang's native path syncs with the host to split the tokens
+    by expert, which a CUDA graph cannot hold."""
+    from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
+
+    x = dispatch_output.hidden_states
+    moe_experts.launch_experts("sglang", x, tuple(layer.w13_weight.shape),
+                               dispatch_output.topk_output.topk_ids)
+    return StandardCombineInput(hidden_states=torch.empty_like(x))
 
 
 QKNORM_HEAD_DIMS = (64, 128, 256, 512, 1024)  # those SGLang's JIT QK-norm kernel is built for
@@ -139,9 +152,11 @@ def register() -> None:
     from sglang.kernels.ops.attention.clamp_position import ClampPositionOp
     from sglang.srt.layers.activation import SiluAndMul
     from sglang.srt.layers.layernorm import RMSNorm
+    from sglang.srt.layers.quantization.unquant import UnquantizedFusedMoEMethod
     from sglang.srt.layers.rotary_embedding.base import RotaryEmbedding
 
     for base, fn in ((RMSNorm, rms_norm), (SiluAndMul, silu_and_mul),
-                     (RotaryEmbedding, rotary), (ClampPositionOp, clamp_position)):
+                     (RotaryEmbedding, rotary), (ClampPositionOp, clamp_position),
+                     (UnquantizedFusedMoEMethod, fused_moe)):
         for cls in _family(base):
             BaseFusedOp.register_oot_forward(cls, fn, PLATFORM_KEY)

@@ -9,6 +9,7 @@ place (adapters/sglang/fused_ops.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from revati.adapters.sglang import fused_ops
@@ -63,8 +64,34 @@ REPLACEMENTS = (
 )
 
 
+# Fields of SGLang's ExpertLocationMetadata that live on the device (the `_cpu` ones do not).
+_EXPERT_MAP_DEVICE_FIELDS = ("physical_to_logical_map", "logical_to_all_physical_map",
+                             "logical_to_all_physical_map_num_valid",
+                             "logical_to_rank_dispatch_physical_map")
+
+
+def _expert_location_on_host(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A MoE model's expert-location metadata (srt/eplb/expert_location.py:_init_raw) is made
+    on the device and copied back to the host: its padded map (layers x experts x experts
+    int64, 6 MB for Qwen3-30B-A3B) is past what a virtual tensor keeps values for. Made from
+    host copies of its inputs, it has them; its device fields then move to the device."""
+    import torch
+
+    def host(v: Any) -> Any:
+        return v.cpu() if isinstance(v, torch.Tensor) else v
+
+    meta = original(*map(host, args), **{k: host(v) for k, v in kwargs.items()})
+    for field in _EXPERT_MAP_DEVICE_FIELDS:
+        value = getattr(meta, field)
+        if isinstance(value, torch.Tensor):
+            setattr(meta, field, value.to("cuda"))
+    return meta
+
+
 def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for target, fn in REPLACEMENTS:
         HookRegistry.register(target, fn, HookType.REPLACE)
+    HookRegistry.register("sglang.srt.eplb.expert_location.ExpertLocationMetadata._init_raw",
+                          _expert_location_on_host, HookType.AROUND)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from revati.adapters import moe_experts
 from revati.adapters.cuda import launch
 from revati.adapters.cuda.ops import dtype_name
 from revati.predictors.launch import Family
@@ -77,24 +78,11 @@ def _rotary(self: Any, positions: torch.Tensor, query: torch.Tensor,
 def _fused_moe(self: Any, layer: Any, x: torch.Tensor, topk_weights: torch.Tensor,
                topk_ids: torch.Tensor, shared_experts: Any = None,
                shared_experts_input: Any = None) -> torch.Tensor:
-    """An unquantized fused-MoE layer as its two grouped GEMMs, the gated activation and the
-    weighted combine. Only the experts the step's tokens route to read their weights: with T
-    tokens each picking k of E experts, about E (1 - (1 - k/E)^T) of them."""
+    """An unquantized fused-MoE layer as its grouped GEMMs (adapters/moe_experts.py)."""
     if shared_experts is not None:  # not a layout the stand-in models: run vLLM's own path
         return self.forward_native(layer, x, topk_weights, topk_ids, shared_experts,
                                    shared_experts_input)
-    experts, two_inter, hidden = layer.w13_weight.shape  # w2: [experts, hidden, inter]
-    tokens, k = topk_ids.shape
-    routed = tokens * k
-    touched = max(1, min(experts, round(experts * (1 - (1 - k / experts) ** tokens))))
-    rows = -(-routed // touched)  # tokens per touched expert, rounded up
-    dtype, dev = dtype_name(x.dtype), x.device.index or 0
-    launch(Family.GEMM, "vllm::fused_moe_w13", dtype, (rows, two_inter, hidden, touched), dev)
-    act = routed * two_inter // 2
-    _memory("vllm::silu_and_mul", x, 3 * act * x.element_size(), act)
-    launch(Family.GEMM, "vllm::fused_moe_w2", dtype, (rows, hidden, two_inter // 2, touched),
-           dev)
-    _memory("vllm::moe_sum", x, (routed + tokens) * hidden * x.element_size(), tokens * hidden)
+    moe_experts.launch_experts("vllm", x, layer.w13_weight.shape, topk_ids)
     return torch.empty_like(x)
 
 

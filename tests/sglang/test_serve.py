@@ -119,6 +119,19 @@ def test_qwen3_serves_with_its_qk_norm_as_one_launch(module_daemon: Daemon,
     assert any(e.get("ph") == "X" and e.get("name") == "cuda_graph" for e in trace)
 
 
+def test_a_mixture_of_experts_model_serves(module_daemon: Daemon, tmp_path: Path) -> None:
+    """Qwen3-30B-A3B (128 experts, 8 a token): its expert-location metadata is made from host
+    tensors (a 6 MB map the host reads back), and each MoE layer is two grouped GEMMs over the
+    experts the step's tokens reach, as vLLM's (adapters/moe_experts.py); SGLang's native path
+    syncs with the host, which a CUDA graph cannot hold."""
+    r, _, trace = run_demo(module_daemon, tmp_path, "--model", "Qwen3-30B-A3B",
+                           "--num-prompts", "3", "--request-rate", "4", "--output-len", "16")
+    assert r["completed"] == 3 and r["output_lens_ok"]
+    names = {e.get("name") for e in trace if e.get("ph") == "X"}
+    assert {"sglang::fused_moe_w13", "sglang::fused_moe_w2", "sglang::moe_sum"} <= names
+    assert "cuda_graph" in names  # decode steps, MoE layers inside
+
+
 def test_a_shared_prefix_workload_hits_the_radix_cache(module_daemon: Daemon,
                                                       tmp_path: Path) -> None:
     """Four groups of requests share a 48-token prefix: SGLang's own counters show every
