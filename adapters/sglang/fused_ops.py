@@ -10,7 +10,9 @@ return outputs of the right shape; activations are never computed. The registry 
 exact class, so each subclass that only changes the op's parameters (Llama 3's scaled rope, ...)
 is registered too; those with a forward of their own (mrope, ...) keep their native path.
 `ClampPositionOp` (a decode batch's positions from its sequence lengths) computes values the
-host may read, so its stand-in computes them too.
+host may read, so its stand-in computes them too. The unquantized fused-MoE method is a fused
+op as well: its stand-in emits the grouped-GEMM launches of adapters/moe_experts.py. Qwen3's
+QK-norm stand-in (`qknorm`) is hooked in by adapters/sglang/kernels.py.
 Same model as adapters/vllm/custom_ops.py. `REVATI_SGLANG_FUSED_OPS=0` leaves them out (SGLang's
 native decompositions), for comparisons.
 """
