@@ -11,8 +11,9 @@ exact class, so each subclass that only changes the op's parameters (Llama 3's s
 is registered too; those with a forward of their own (mrope, ...) keep their native path.
 `ClampPositionOp` (a decode batch's positions from its sequence lengths) computes values the
 host may read, so its stand-in computes them too. The unquantized fused-MoE method is a fused
-op as well: its stand-in emits the grouped-GEMM launches of adapters/moe_experts.py. Qwen3's
-QK-norm stand-in (`qknorm`) is hooked in by adapters/sglang/kernels.py.
+op as well: its stand-in emits the grouped-GEMM launches of adapters/fused_launches.py, whose
+MEMORY launch the others use too. Qwen3's QK-norm stand-in (`qknorm`) is hooked in by
+adapters/sglang/kernels.py.
 Same model as adapters/vllm/custom_ops.py. `REVATI_SGLANG_FUSED_OPS=0` leaves them out (SGLang's
 native decompositions), for comparisons.
 """
@@ -25,22 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from revati.adapters import moe_experts
-from revati.adapters.cuda import launch
-from revati.adapters.cuda.ops import dtype_name
 from revati.adapters.cuda.state import S
 from revati.adapters.cuda.tensor import VirtualTensor, host_array, new_tensor
-from revati.predictors.launch import Family
+from revati.adapters.fused_launches import launch_experts
+from revati.adapters.fused_launches import memory_launch as _memory
+from revati.adapters.fused_launches import tensor_bytes as _bytes
 
 PLATFORM_KEY = "revati"
-
-
-def _bytes(*ts: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
-
-
-def _memory(op: str, like: torch.Tensor, moved: int, elements: int) -> None:
-    launch(Family.MEMORY, op, dtype_name(like.dtype), (moved, elements), like.device.index or 0)
 
 
 def rms_norm(self: Any, x: torch.Tensor, residual: torch.Tensor | None = None,
@@ -86,13 +78,13 @@ def rotary(self: Any, positions: torch.Tensor, query: torch.Tensor, key: torch.T
 
 def fused_moe(self: Any, layer: Any, dispatch_output: Any) -> Any:
     """An unquantized fused-MoE layer (the quant method's forward) as its grouped GEMMs
-    (adapters/moe_experts.py); SGLang's native path syncs with the host to split the tokens
+    (adapters/fused_launches.py); SGLang's native path syncs with the host to split the tokens
     by expert, which a CUDA graph cannot hold."""
     from sglang.srt.layers.moe.token_dispatcher import StandardCombineInput
 
     x = dispatch_output.hidden_states
-    moe_experts.launch_experts("sglang", x, tuple(layer.w13_weight.shape),
-                               dispatch_output.topk_output.topk_ids)
+    launch_experts("sglang", x, tuple(layer.w13_weight.shape),
+                   dispatch_output.topk_output.topk_ids)
     return StandardCombineInput(hidden_states=torch.empty_like(x))
 
 

@@ -74,17 +74,19 @@ def _expert_location_on_host(original: Callable[..., Any], *args: Any, **kwargs:
     """A MoE model's expert-location metadata (srt/eplb/expert_location.py:_init_raw) is made
     on the device and copied back to the host: its padded map (layers x experts x experts
     int64, 6 MB for Qwen3-30B-A3B) is past what a virtual tensor keeps values for. Made from
-    host copies of its inputs, it has them; its device fields then move to the device."""
+    host copies of its inputs, it has them; its device fields then move to the inputs' device."""
     import torch
 
     def host(v: Any) -> Any:
         return v.cpu() if isinstance(v, torch.Tensor) else v
 
+    # the device the original would have made them on: its input maps'
+    device = next(v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
     meta = original(*map(host, args), **{k: host(v) for k, v in kwargs.items()})
     for field in _EXPERT_MAP_DEVICE_FIELDS:
         value = getattr(meta, field)
         if isinstance(value, torch.Tensor):
-            setattr(meta, field, value.to("cuda"))
+            setattr(meta, field, value.to(device))
     return meta
 
 

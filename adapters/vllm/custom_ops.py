@@ -16,21 +16,12 @@ from typing import Any
 
 import torch
 
-from revati.adapters import moe_experts
-from revati.adapters.cuda import launch
-from revati.adapters.cuda.ops import dtype_name
-from revati.predictors.launch import Family
+from revati.adapters.fused_launches import launch_experts
+from revati.adapters.fused_launches import memory_launch as _memory
+from revati.adapters.fused_launches import tensor_bytes as _bytes
 
 PROVIDER = "revati"
 IR_OPS = ("rms_norm", "fused_add_rms_norm")
-
-
-def _bytes(*ts: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in ts if t is not None)
-
-
-def _memory(op: str, like: torch.Tensor, moved: int, elements: int) -> None:
-    launch(Family.MEMORY, op, dtype_name(like.dtype), (moved, elements), like.device.index or 0)
 
 
 # -- IR ops (RMSNorm's path in vLLM 0.32)
@@ -78,11 +69,11 @@ def _rotary(self: Any, positions: torch.Tensor, query: torch.Tensor,
 def _fused_moe(self: Any, layer: Any, x: torch.Tensor, topk_weights: torch.Tensor,
                topk_ids: torch.Tensor, shared_experts: Any = None,
                shared_experts_input: Any = None) -> torch.Tensor:
-    """An unquantized fused-MoE layer as its grouped GEMMs (adapters/moe_experts.py)."""
+    """An unquantized fused-MoE layer as its grouped GEMMs (adapters/fused_launches.py)."""
     if shared_experts is not None:  # not a layout the stand-in models: run vLLM's own path
         return self.forward_native(layer, x, topk_weights, topk_ids, shared_experts,
                                    shared_experts_input)
-    moe_experts.launch_experts("vllm", x, layer.w13_weight.shape, topk_ids)
+    launch_experts("vllm", x, layer.w13_weight.shape, topk_ids)
     return torch.empty_like(x)
 
 

@@ -197,6 +197,36 @@ def test_qwen3_qk_norm_is_one_launch_with_no_jit_build(vcuda: Any, link: Recordi
     assert launch.feats == (2 * (t * 40 * hd * 2) + 2 * hd * 2, t * 40 * hd)
 
 
+def test_expert_location_metadata_is_made_on_the_host_and_lands_on_its_inputs_device(
+        vcuda: Any) -> None:
+    """A MoE model's expert maps: made from host copies (past the values a virtual tensor
+    keeps), their device fields moved to the device the inputs were on, not the current one."""
+    from sglang.srt.eplb.expert_location import ExpertLocationMetadata
+
+    from revati.adapters.sglang import kernels
+
+    seen: list[torch.device] = []
+
+    def original(ep_size: int, physical: torch.Tensor, logical: torch.Tensor) -> Any:
+        seen.extend((physical.device, logical.device))
+        fields = dict.fromkeys(ExpertLocationMetadata.__dataclass_fields__)
+        fields.update(physical_to_logical_map=physical, logical_to_all_physical_map=logical,
+                      logical_to_all_physical_map_num_valid=(logical != -1).sum(-1),
+                      physical_to_logical_map_cpu=physical.cpu(), ep_size=ep_size)
+        return ExpertLocationMetadata(**fields)
+
+    torch.cuda.set_device(0)
+    physical = torch.arange(8, device="cuda:1").reshape(1, 8)
+    logical = torch.arange(64, device="cuda:1").reshape(1, 8, 8) % 8
+    meta = kernels._expert_location_on_host(original, 1, physical, logical)
+    assert seen == [torch.device("cpu")] * 2
+    assert meta.physical_to_logical_map.device == torch.device("cuda", 1)
+    assert meta.logical_to_all_physical_map_num_valid.device == torch.device("cuda", 1)
+    assert meta.physical_to_logical_map_cpu.device == torch.device("cpu")
+    assert meta.logical_to_rank_dispatch_physical_map is None
+    assert meta.physical_to_logical_map.tolist() == [list(range(8))]
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 def test_clamp_position_computes_a_decode_batchs_positions_in_two_launches(
         vcuda: Any, link: RecordingLink, dtype: torch.dtype) -> None:

@@ -122,7 +122,7 @@ def test_qwen3_serves_with_its_qk_norm_as_one_launch(module_daemon: Daemon,
 def test_a_mixture_of_experts_model_serves(module_daemon: Daemon, tmp_path: Path) -> None:
     """Qwen3-30B-A3B (128 experts, 8 a token): its expert-location metadata is made from host
     tensors (a 6 MB map the host reads back), and each MoE layer is two grouped GEMMs over the
-    experts the step's tokens reach, as vLLM's (adapters/moe_experts.py); SGLang's native path
+    experts the step's tokens reach, as vLLM's (adapters/fused_launches.py); SGLang's native path
     syncs with the host, which a CUDA graph cannot hold."""
     r, _, trace = run_demo(module_daemon, tmp_path, "--model", "Qwen3-30B-A3B",
                            "--num-prompts", "3", "--request-rate", "4", "--output-len", "16")
