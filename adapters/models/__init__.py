@@ -32,11 +32,16 @@ def cache_root() -> Path:
     return Path(root)
 
 
+def canonical(name: str) -> str:
+    """The bundled model `name` names, its case aside ("llama-3.1-8b": "Llama-3.1-8B")."""
+    for bundled in names():
+        if bundled.lower() == name.lower():
+            return bundled
+    raise KeyError(f"unknown model {name!r}; bundled models: {', '.join(names())}")
+
+
 def _source(name: str) -> Path:
-    src = HERE / name
-    if not (src / "config.json").is_file():
-        raise KeyError(f"unknown model {name!r}; bundled models: {', '.join(names())}")
-    return src
+    return HERE / canonical(name)
 
 
 def config(name: str) -> dict:
@@ -50,18 +55,18 @@ def model_dir(name: str) -> Path:
     digest = hashlib.sha256(Path(tokenizer.__file__).read_bytes())
     for fname in CONFIG_FILES:
         digest.update((src / fname).read_bytes())
-    dest = cache_root() / "models" / f"{name}-{digest.hexdigest()[:12]}"
+    dest = cache_root() / "models" / f"{src.name}-{digest.hexdigest()[:12]}"
     if (dest / "tokenizer.json").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the destination and renamed into place, so concurrent first uses never see
     # a half-written folder.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{src.name}-", dir=dest.parent))
     try:
         for fname in CONFIG_FILES:
             shutil.copyfile(src / fname, tmp / fname)
         cfg = json.loads((src / "config.json").read_text())
-        for fname, text in tokenizer.build(name, cfg).items():
+        for fname, text in tokenizer.build(src.name, cfg).items():
             (tmp / fname).write_text(text, encoding="utf-8")
         os.rename(tmp, dest)
     except OSError:

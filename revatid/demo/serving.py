@@ -70,9 +70,13 @@ def run(args: argparse.Namespace, sock: str, create: Any, stop: Any, trace: Any)
     from revati.adapters import models
     from revati.revatid.ctl import hook_env, summary_text
 
-    if args.model not in models.names() and not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"revatictl demo: --model {args.model} is neither a bundled model ("
-                         f"{', '.join(models.names())}) nor a folder with a config.json")
+    if not (Path(args.model) / "config.json").is_file():
+        try:
+            args.model = models.canonical(args.model)
+        except KeyError:
+            raise SystemExit(f"revatictl demo: --model {args.model} is neither a bundled model ("
+                             f"{', '.join(models.names())}) nor a folder with a config.json"
+                             ) from None
     python = framework_python(args.framework)
     tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
     with tempfile.TemporaryDirectory(prefix="revati-demo-") as tmp:
