@@ -50,6 +50,10 @@ class Collective(IntEnum):
     BROADCAST = 3
     ALL_TO_ALL = 4
     BARRIER = 5
+    # A serving framework's own all-reduce kernel (peer memory over NVLink, no NCCL), which
+    # vLLM and SGLang run for a tensor-parallel group's small all-reduces (adapters/cuda/
+    # distributed.py, `framework_all_reduce`)
+    CUSTOM_ALL_REDUCE = 6
 
 
 class CopyDirection(IntEnum):

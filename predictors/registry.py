@@ -7,8 +7,11 @@
     Predictor.summary()                 -> sku, bundle, trained families, counts, cache size
     FixedPredictor(ns_per_launch), TablePredictor({op: ns})   for tests
 
-GRAPH events are not predicted (revatid expands a graph id into its recorded events); a
-GRAPH event raises ValueError. Predictions are cached by (family, op, dtype, feats).
+"analytical" is the attention model where no profile covers it, and a framework's custom
+all-reduce interpolated from the SKU's measured times (predictors/custom_all_reduce.py); a
+custom all-reduce no measurement covers is timed as NCCL's. GRAPH events are not predicted
+(revatid expands a graph id into its recorded events); a GRAPH event raises ValueError.
+Predictions are cached by (family, op, dtype, feats).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 import numpy as np
 import structlog
 
+from revati.predictors import custom_all_reduce
 from revati.predictors.attention import AttentionModel, Calibration
 from revati.predictors.bundle import Bundle, bundle_dir
 from revati.predictors.features import coverage_key
-from revati.predictors.launch import FEATURE_NAMES, Family, LaunchEvent
+from revati.predictors.launch import FEATURE_NAMES, Collective, Family, LaunchEvent
 from revati.predictors.models import FamilyModel
 from revati.predictors.roofline import Hardware, roofline_ns
 from revati.predictors.skus import UnknownSku, canonical, profiled_bundle, spec
@@ -52,6 +56,7 @@ class Predictor:
         self.models = dict(models or {})
         self.attention = AttentionModel(hw, attention)
         self.bundle = bundle  # None: no trained models
+        self.custom_all_reduce = custom_all_reduce.load(sku)  # None: timed as NCCL's
         self.counts: Counter[str] = Counter()
         self._cache: dict[Key, int] = {}
         self._sources: dict[Key, str] = {}
@@ -77,6 +82,10 @@ class Predictor:
         family = Family(ev.family)
         if family == Family.GRAPH:
             raise ValueError("GRAPH events are expanded by revatid, not predicted")
+        if family == Family.COLLECTIVE and ev.feats[0] == Collective.CUSTOM_ALL_REDUCE:
+            if self.custom_all_reduce is not None and self.custom_all_reduce.covers(ev.feats[1]):
+                return ANALYTICAL
+            ev = _as_nccl(ev)
         model = self.models.get(family)
         if model is not None and model.covers(coverage_key(family, ev.op, ev.dtype, ev.feats)):
             return LIGHTGBM
@@ -109,6 +118,37 @@ class Predictor:
 
     def _compute(self, family: Family, events: list[LaunchEvent]) -> tuple[list[int], list[str]]:
         sources = [self.source(e) for e in events]
+        if family == Family.COLLECTIVE:
+            return self._collectives(events, sources)
+        return self._models_or_roofline(family, events, sources)
+
+    def _collectives(self, events: list[LaunchEvent],
+                     sources: list[str]) -> tuple[list[int], list[str]]:
+        """Custom all-reduces the SKU's measured times cover come from them; every other one
+        is timed as NCCL's all-reduce, but never under the largest measured time."""
+        custom = np.array([e.feats[0] == Collective.CUSTOM_ALL_REDUCE for e in events])
+        if not custom.any():
+            return self._models_or_roofline(Family.COLLECTIVE, events, sources)
+        measured = np.array([s == ANALYTICAL for s in sources])
+        ns = np.empty(len(events))
+        if measured.any():
+            f = np.array([events[i].feats for i in np.flatnonzero(measured)], dtype=np.float64)
+            ns[measured] = self.custom_all_reduce.predict_ns(f[:, 1], f[:, 2])
+        rest = np.flatnonzero(~measured)
+        if len(rest):
+            timed = [_as_nccl(events[i]) for i in rest]
+            nccl, _ = self._models_or_roofline(Family.COLLECTIVE, timed,
+                                               [sources[i] for i in rest])
+            ns[rest] = nccl
+            beyond = np.flatnonzero(custom[rest])
+            if self.custom_all_reduce is not None and len(beyond):
+                ranks = np.array([timed[i].feats[2] for i in beyond], dtype=np.float64)
+                floor = self.custom_all_reduce.largest_ns(ranks)
+                ns[rest[beyond]] = np.maximum(ns[rest[beyond]], floor)
+        return [round(x) for x in ns.tolist()], sources
+
+    def _models_or_roofline(self, family: Family, events: list[LaunchEvent],
+                            sources: list[str]) -> tuple[list[int], list[str]]:
         if family == Family.ATTENTION:
             ns = self.attention.predict_ns(events)
         else:
@@ -122,6 +162,13 @@ class Predictor:
             sel = [e for e, c in zip(events, covered, strict=True) if not c]
             ns[~covered] = roofline_ns(family, sel, self.hw)
         return [round(x) for x in ns.tolist()], sources
+
+
+def _as_nccl(ev: LaunchEvent) -> LaunchEvent:
+    """A custom all-reduce's NCCL twin: what times it where no measurement does."""
+    if ev.feats[0] != Collective.CUSTOM_ALL_REDUCE:
+        return ev
+    return ev._replace(feats=(int(Collective.ALL_REDUCE), *ev.feats[1:]))
 
 
 class FixedPredictor:

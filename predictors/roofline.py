@@ -78,7 +78,8 @@ def gemm_flops_bytes(f: np.ndarray, dbytes: np.ndarray) -> tuple[np.ndarray, np.
     return 2 * m * n * k * batch, (m * k + k * n + m * n) * batch * dbytes
 
 
-# Bytes each rank moves over its links per byte of the event's `bytes` for a ring algorithm,
+# Bytes each rank moves over its links per byte of the event's `bytes` for a ring algorithm
+# (a one-shot one for the frameworks' own all-reduce),
 # with the adapter's convention for `bytes` (docs/virtual-cuda.md): the tensor for all-reduce
 # and broadcast, one rank's shard for all-gather (input) and reduce-scatter (output), one rank's
 # input for all-to-all.
@@ -89,6 +90,7 @@ _RING_FACTOR = {
     Collective.BROADCAST: lambda n: np.ones_like(n),
     Collective.ALL_TO_ALL: lambda n: (n - 1) / n,
     Collective.BARRIER: lambda n: np.zeros_like(n),
+    Collective.CUSTOM_ALL_REDUCE: lambda n: n - 1,  # one-shot: each rank reads every peer's
 }
 
 

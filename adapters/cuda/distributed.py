@@ -86,8 +86,32 @@ def _device_of(xs: Sequence[Any]) -> tensor.VirtualTensor:
 def collective(kind: Collective, like: tensor.VirtualTensor, nbytes: int, ranks: int,
                group: str, rank: int) -> None:
     """Queue one collective launch on the current stream of `like`'s device."""
-    _rendezvous(Family.COLLECTIVE, f"nccl:{kind.name.lower()}", like, (int(kind), nbytes, ranks),
-                group, rank)
+    op = "custom:all_reduce" if kind == Collective.CUSTOM_ALL_REDUCE else \
+        f"nccl:{kind.name.lower()}"
+    _rendezvous(Family.COLLECTIVE, op, like, (int(kind), nbytes, ranks), group, rank)
+
+
+# vLLM and SGLang reduce a tensor-parallel group's small tensors with their own kernels over
+# NVLink peer memory, not NCCL: up to 8 MiB, on 2, 4, 6 or 8 GPUs, 16-bit or fp32 data in
+# whole 16-byte units (vLLM 0.32 custom_all_reduce.py: max_size 8192 * 1024, should_custom_ar;
+# SGLang 0.5.23 custom_all_reduce.py: _MAX_CAR_SIZE). Those kernels need a driver, so the
+# adapters cannot create them; they name the collective CUSTOM_ALL_REDUCE instead, which the
+# predictor times as such kernels run (predictors/registry.py).
+CUSTOM_ALL_REDUCE_MAX_BYTES = 8192 * 1024
+_CUSTOM_ALL_REDUCE_RANKS = (2, 4, 6, 8)
+_CUSTOM_ALL_REDUCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def custom_all_reduce(t: torch.Tensor, pg: Any) -> bool:
+    """All-reduce `t` over the process group `pg` as the frameworks' own kernel does, if they
+    would run it for this tensor (True); otherwise emit nothing (False: use NCCL's path)."""
+    nbytes = t.numel() * t.element_size()
+    if type(t) is not tensor.VirtualTensor or t.dtype not in _CUSTOM_ALL_REDUCE_DTYPES \
+            or nbytes > CUSTOM_ALL_REDUCE_MAX_BYTES or nbytes % 16 or not t.is_contiguous() \
+            or pg.size() not in _CUSTOM_ALL_REDUCE_RANKS:
+        return False
+    collective(Collective.CUSTOM_ALL_REDUCE, t, nbytes, pg.size(), group_key(pg), pg.rank())
+    return True
 
 
 def _rendezvous(family: Family, op: str, like: tensor.VirtualTensor, feats: tuple[int, ...],

@@ -9,10 +9,16 @@ place (adapters/sglang/fused_ops.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
+from revati.adapters.cuda import distributed
 from revati.adapters.sglang import fused_ops
+
+# Set to "1" by the platform (platform.py) when it turns off the custom all-reduce the user
+# left on
+CUSTOM_ALL_REDUCE_ENV = "REVATI_SGLANG_CUSTOM_ALL_REDUCE"
 
 
 def _never(*args: Any, **kwargs: Any) -> bool:
@@ -31,7 +37,13 @@ def _group(name: str) -> Any:
 # kernel). Calling the coordinator's method directly, as the op's body does, ends in
 # torch.distributed on the device group: a c10d collective that revatid rendezvous.
 def _inplace_all_reduce(tensor: Any, group_name: str) -> None:
-    _group(group_name)._all_reduce_in_place(tensor)
+    group = _group(group_name)
+    # A tensor-parallel all-reduce that SGLang's custom all-reduce would take, had the
+    # platform not turned it off (it needs a driver): timed as that kernel
+    if group_name.split(":")[0] == "tp" and os.environ.get(CUSTOM_ALL_REDUCE_ENV) == "1" \
+            and distributed.custom_all_reduce(tensor, group.device_group):
+        return
+    group._all_reduce_in_place(tensor)
 
 
 def _outplace_all_reduce(tensor: Any, group_name: str, outplace_all_reduce_method: str) -> Any:

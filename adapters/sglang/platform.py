@@ -9,6 +9,7 @@ and PyNccl. See docs/sglang-hookmap.md, sections 2, 5 and 8.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -16,12 +17,15 @@ from sglang.srt.platforms.cuda import CudaDeviceMixin
 from sglang.srt.platforms.device_mixin import PlatformEnum
 from sglang.srt.platforms.interface import PlatformCapabilities, SRTPlatform
 
+from revati.adapters.sglang.kernels import CUSTOM_ALL_REDUCE_ENV
+
 ATTENTION_BACKEND = "revati"
 
 # Server arguments whose defaults differ on virtual GPUs, applied only where the user left the
 # default (None or False): the pure-torch sampler (its sampled ids come from the token
 # oracle), an idle scheduler that waits in a zmq poll (so revatid sees it WAITING),
-# collectives through torch.distributed (so revatid rendezvous them).
+# collectives through torch.distributed (so revatid rendezvous them; the custom all-reduce's
+# are timed as its kernel all the same, see apply_server_args_defaults).
 SERVER_DEFAULTS: dict[str, Any] = {
     "sampling_backend": "pytorch",
     "sleep_on_idle": True,
@@ -61,6 +65,10 @@ class RevatiPlatform(CudaDeviceMixin, SRTPlatform):
         return RevatiDecodeGraphRunner
 
     def apply_server_args_defaults(self, server_args: Any) -> None:
+        if getattr(server_args, "disable_custom_all_reduce", True) is False:
+            # the user's choice, for the processes SGLang starts next: its tensor-parallel
+            # all-reduces are timed as the custom kernel (kernels.py)
+            os.environ[CUSTOM_ALL_REDUCE_ENV] = "1"
         for name, value in SERVER_DEFAULTS.items():
             if hasattr(server_args, name) and getattr(server_args, name) in (None, False):
                 setattr(server_args, name, value)

@@ -3,7 +3,10 @@
 vLLM's graph capture requires a `CudaCommunicator`. Its fast paths (pynccl, custom
 all-reduce, symmetric memory, FlashInfer, quick-reduce) all need a driver, so none is
 created; each collective goes through the device group as the base communicator does, reaches
-virtual CUDA as a `c10d` op and becomes one rendezvous in revatid (NCCL's timing).
+virtual CUDA as a `c10d` op and becomes one rendezvous in revatid (NCCL's timing). The
+exception is a tensor-parallel group's all-reduce that production runs with its own kernel
+(custom all-reduce or FlashInfer's, both one-shot NVLink kernels): it becomes a
+CUSTOM_ALL_REDUCE rendezvous, unless `--disable-custom-all-reduce` asked for NCCL.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from vllm.distributed.device_communicators.base_device_communicator import (
 )
 from vllm.distributed.device_communicators.cuda_communicator import CudaCommunicator
 
+from revati.adapters.cuda import distributed
+
 _FAST_PATHS = ("pynccl_comm", "ca_comm", "qr_comm", "symm_mem_comm", "fi_ar_comm",
                "fi_pcie_ipc_ar_comm", "aiter_ar_comm")
 
@@ -22,6 +27,11 @@ _FAST_PATHS = ("pynccl_comm", "ca_comm", "qr_comm", "symm_mem_comm", "fi_ar_comm
 class RevatiCommunicator(CudaCommunicator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         DeviceCommunicatorBase.__init__(self, *args, **kwargs)  # not CudaCommunicator's
+        from vllm.distributed import parallel_state
+
+        # as CudaCommunicator decides whether its fast all-reduce paths may exist
+        self.custom_all_reduce = self.unique_name.split(":")[0] == "tp" \
+            and parallel_state._ENABLE_CUSTOM_ALL_REDUCE
         for name in _FAST_PATHS:
             setattr(self, name, None)
         self.use_custom_allreduce = False
@@ -31,7 +41,11 @@ class RevatiCommunicator(CudaCommunicator):
         self.use_aiter_allreduce = False
         self.use_aiter_ag_rs = False
 
-    all_reduce = DeviceCommunicatorBase.all_reduce
+    def all_reduce(self, input_: Any) -> Any:
+        if self.custom_all_reduce and distributed.custom_all_reduce(input_, self.device_group):
+            return input_  # no data moves; the kernel's output would be a new tensor
+        return DeviceCommunicatorBase.all_reduce(self, input_)
+
     all_gather = DeviceCommunicatorBase.all_gather
     all_gatherv = DeviceCommunicatorBase.all_gatherv
     reduce_scatter = DeviceCommunicatorBase.reduce_scatter

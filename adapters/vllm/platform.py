@@ -197,4 +197,7 @@ class RevatiPlatform(Platform):
 
     @classmethod
     def use_custom_allreduce(cls) -> bool:
-        return False
+        # as on CUDA, so that vLLM keeps the user's --disable-custom-all-reduce: the
+        # communicator creates no kernel (it needs a driver) but times the tensor-parallel
+        # all-reduces as that kernel unless the user turned it off (communicator.py)
+        return True

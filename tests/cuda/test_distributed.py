@@ -109,3 +109,43 @@ def test_two_ranks_agree_on_groups(vcuda: Any) -> None:
     assert [r for _, _, r, _, _ in r0] == [0, 0, 0]
     assert [r for _, _, r, _, _ in r1] == [1, 1, 1]  # ... and the recv: ranks 0 and 1
     assert [d for _, _, _, d, _ in r1] == [1, 1, 1]  # rank 1 works on its own device
+
+
+class _Group:
+    """A process group's face as `custom_all_reduce` reads it."""
+
+    def __init__(self, ranks: int) -> None:
+        self.ranks, self.group_name = ranks, f"tp{ranks}"
+
+    def size(self) -> int:
+        return self.ranks
+
+    def rank(self) -> int:
+        return 1
+
+
+def test_the_frameworks_own_all_reduce_is_named_where_they_would_run_it(
+        vcuda: Any, link: RecordingLink) -> None:
+    """vLLM and SGLang run their own all-reduce kernel for a tensor-parallel group's tensors up
+    to 8 MiB on 2, 4, 6 or 8 GPUs, in 16-bit or fp32 whole 16-byte units; anything else
+    (one launch fewer here) goes NCCL's way."""
+    from revati.adapters.cuda.distributed import custom_all_reduce
+
+    decode = torch.empty(1, 8192, dtype=torch.bfloat16, device="cuda")
+    n = len(link.collectives)
+    assert custom_all_reduce(decode, _Group(4))
+    (ev, group, rank), = link.collectives[n:]
+    assert (ev.family, ev.op, ev.feats) == (Family.COLLECTIVE, "custom:all_reduce",
+                                            (Collective.CUSTOM_ALL_REDUCE, 16384, 4))
+    assert group.endswith("/tp4") and rank == 1
+    largest = torch.empty(512, 8192, dtype=torch.bfloat16, device="cuda")  # 8 MiB
+    assert custom_all_reduce(largest, _Group(8))
+    refused = [torch.empty(513, 8192, dtype=torch.bfloat16, device="cuda"),  # over 8 MiB
+               torch.empty(1, 8192, dtype=torch.int32, device="cuda"),
+               torch.empty(3, dtype=torch.bfloat16, device="cuda"),  # 6 bytes
+               torch.empty(8, 8192, dtype=torch.bfloat16, device="cuda")[:, ::2],
+               torch.empty(1, 8192, dtype=torch.bfloat16)]  # on the host
+    n = len(link.collectives)
+    assert not any(custom_all_reduce(t, _Group(4)) for t in refused)
+    assert not custom_all_reduce(decode, _Group(3)) and not custom_all_reduce(decode, _Group(16))
+    assert len(link.collectives) == n

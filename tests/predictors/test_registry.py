@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from revati.predictors.dataset import event
-from revati.predictors.launch import Collective, CopyDirection, Family
+from revati.predictors.launch import Collective, CopyDirection, Family, LaunchEvent
 from revati.predictors.registry import (
     FixedPredictor,
     Predictor,
@@ -215,3 +215,35 @@ def test_attention_monotone(predictor: Predictor) -> None:
     decode = [attention([s] * 32, [1] * 32) for s in lens]
     prefill = [attention([s], [s]) for s in lens]
     assert (_ratios(predictor, decode) > 1).all() and (_ratios(predictor, prefill) > 1).all()
+
+
+def _all_reduce(kind: Collective, nbytes: int, ranks: int) -> LaunchEvent:
+    return LaunchEvent(int(Family.COLLECTIVE), "custom:all_reduce", "bf16", 0, 0, 0,
+                       (int(kind), nbytes, ranks))
+
+
+def test_a_custom_all_reduce_takes_the_skus_measured_times() -> None:
+    """The frameworks' own all-reduce on an H100: the measured latencies
+    (skus/custom_all_reduce.json) at the measured sizes, log-log between them, the next
+    measured GPU count up for others; beyond the largest size NCCL's time, never under the
+    largest measurement. H200 shares H100's table; A100 has none: NCCL's time throughout."""
+    h100 = load_predictor("h100")
+    custom = Collective.CUSTOM_ALL_REDUCE
+    at = h100.predict([_all_reduce(custom, 4096, 4), _all_reduce(custom, 1 << 20, 8),
+                       _all_reduce(custom, 100, 2), _all_reduce(custom, 4096, 3),
+                       _all_reduce(custom, 4096, 6)])
+    assert at == [3700, 33800, 3700, 3700, 5700]
+    between = h100.predict([_all_reduce(custom, 16384, 4)])[0]
+    # 16 KiB is two thirds of the way from 4 to 32 KiB, in logs
+    assert between == round(1e3 * 3.7 ** (1 / 3) * 4.8 ** (2 / 3))
+    assert h100.source(_all_reduce(custom, 16384, 4)) == "analytical"
+    nccl_decode = h100.predict([_all_reduce(Collective.ALL_REDUCE, 16384, 4)])[0]
+    assert between < nccl_decode / 3
+    big = [_all_reduce(custom, 4 << 20, 4), _all_reduce(Collective.ALL_REDUCE, 4 << 20, 4)]
+    assert h100.source(big[0]) == h100.source(big[1]) == "lightgbm"
+    custom_big, nccl_big = h100.predict(big)
+    assert custom_big == max(nccl_big, 31100)
+    assert load_predictor("h200").predict([_all_reduce(custom, 4096, 4)]) == [3700]
+    a100 = load_predictor("a100")
+    assert a100.predict([_all_reduce(custom, 16384, 4)]) == \
+        a100.predict([_all_reduce(Collective.ALL_REDUCE, 16384, 4)])

@@ -3,6 +3,7 @@ the attention backend's launches for a mixed batch."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,13 +36,20 @@ def test_the_platform_is_out_of_tree_cuda(vcuda: Any) -> None:
     assert not p.capabilities.supports_triton and not p.capabilities.supports_pynccl
     from sglang.srt.model_executor.cuda_graph_config import default_cuda_graph_config
 
+    from revati.adapters.sglang.kernels import CUSTOM_ALL_REDUCE_ENV
+
+    os.environ.pop(CUSTOM_ALL_REDUCE_ENV, None)
     args = SimpleNamespace(sampling_backend=None, sleep_on_idle=False,
-                           disable_custom_all_reduce=False, cuda_graph_backend_prefill=None,
+                           disable_custom_all_reduce=True, cuda_graph_backend_prefill=None,
                            cuda_graph_backend_decode="full",
                            cuda_graph_config=default_cuda_graph_config())
+    p.apply_server_args_defaults(args)  # the user's --disable-custom-all-reduce: NCCL's times
+    assert CUSTOM_ALL_REDUCE_ENV not in os.environ
+    args.disable_custom_all_reduce = False
     p.apply_server_args_defaults(args)
     assert args.sampling_backend == "pytorch" and args.sleep_on_idle
-    assert args.disable_custom_all_reduce
+    # off, for it needs a driver; its all-reduces are timed as its kernel all the same
+    assert args.disable_custom_all_reduce and os.environ.pop(CUSTOM_ALL_REDUCE_ENV) == "1"
     assert args.cuda_graph_config.prefill.backend == "disabled"
     assert args.cuda_graph_config.decode.backend == "full"  # the user's choice stays
     args = SimpleNamespace(cuda_graph_backend_prefill=None, cuda_graph_backend_decode=None,

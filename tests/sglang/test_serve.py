@@ -76,7 +76,7 @@ def test_tensor_parallel_two_with_overlap_scheduling_and_decode_graphs(
     assert r["completed"] == 4 and r["num_gpus"] == 2 and r["output_lens_ok"]
     assert "cuda graph: True" in log  # SGLang's own decode log line
     names = {e["name"] for e in trace if e.get("cat") == "collective"}
-    assert "nccl:all_reduce" in names
+    assert "custom:all_reduce" in names  # SGLang's own kernel, which it runs on H100s
     graph_tracks = {(e.get("pid"), e.get("tid")) for e in trace
                     if e.get("ph") == "X" and e.get("name") == "cuda_graph"}
     assert len(graph_tracks) == 2

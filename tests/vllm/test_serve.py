@@ -173,10 +173,11 @@ def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_p
     # over each step's GPU time (with readers spinning, 16 prompts took 64 jumps in all)
     assert demo.result["jumps"] >= 150, demo.result["jumps"]
     # prefills of 513 tokens run eager (past the largest graph): their all-reduces meet in
-    # revatid; decode steps replay graphs with the all-reduces inside
+    # revatid; decode steps replay graphs with the all-reduces inside. Those of the tensor-
+    # parallel group (4 MiB a prefill's) are vLLM's own all-reduce kernel, as on an H100
     collectives = [e for e in demo.trace if e.get("cat") == "collective"]
     assert collectives, "no collective in the trace"
-    assert "nccl:all_reduce" in {e["name"] for e in collectives}
+    assert "custom:all_reduce" in {e["name"] for e in collectives}
     # both ranks' decode graphs ran: one GPU track per virtual device
     tracks = {(e.get("pid"), e.get("tid")) for e in demo.trace
               if e.get("ph") == "X" and e.get("name") == "cuda_graph"}
