@@ -44,13 +44,17 @@ def alive(pid: int) -> bool:
     return _state(pid, str(pid)) not in ("Z", "X")
 
 
+def exe_name(pid: int) -> str:
+    """The file name of the program `pid` runs ("" when it cannot be read)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return ""
+
+
 def looks_like_python(pid: int) -> bool:
     """The process runs a Python interpreter (so, started under Revati, it will join)."""
-    try:
-        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        return False
-    return exe.startswith("python")
+    return exe_name(pid).startswith("python")
 
 
 _softirq_fds: list[int] | None = None
@@ -213,3 +217,46 @@ class ProcWatch:
         quiet = self._last_switches == switches
         self._last_switches = switches
         return quiet
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of every thread of `pid`."""
+    kids = []
+    for tid in _tasks(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(map(int, f.read().split()))
+        except OSError:
+            continue
+    return kids
+
+
+class ProcessTree:
+    """A child process that will never join the session (a compiler, a shell, a build tool a
+    participant started) and its descendants, participants aside: their CPU work is the
+    program's work, so the clock must not jump over it (DESIGN, rule 4), but nothing in them
+    tells Revati when they wait. The kernel does: `busy()` is a tree-wide `asleep()`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._last: tuple[frozenset[int], int] | None = None
+
+    def busy(self, participants: frozenset[int]) -> bool:
+        """Some process of the tree runs or waits on the disk, or one was scheduled, started
+        or ended since the previous call (a build tool between two compiler runs sleeps)."""
+        pids, switches, stack = set(), 0, [self.pid]
+        while stack:
+            pid = stack.pop()
+            if pid in participants or pid in pids:
+                continue
+            pids.add(pid)
+            for tid in _tasks(pid):
+                if _state(pid, tid) in ("R", "D"):
+                    self._last = None
+                    return True
+                switches += _switches(pid, tid)
+            stack.extend(_children(pid))
+        now = (frozenset(pids), switches)
+        quiet = self._last == now
+        self._last = now
+        return not quiet

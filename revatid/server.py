@@ -126,8 +126,8 @@ class Daemon:
         return {"attached": moved}
 
     def session_expect(self, conn: Connection, msg: dict) -> dict:
-        s, _p = conn.joined()
-        s.expect(msg["pid"])
+        s, p = conn.joined()
+        s.expect(msg["pid"], p)
         return {}
 
     def trace(self, conn: Connection, msg: dict) -> dict:

@@ -28,7 +28,13 @@ from revati.predictors.skus import UnknownSku, device_spec, resolve
 from revati.predictors.wake import WakeModel
 from revati.revatid.gpu import GpuTimeline, Predictor
 from revati.revatid.paths import page_dir
-from revati.revatid.procwatch import ProcWatch, alive, looks_like_python
+from revati.revatid.procwatch import (
+    ProcessTree,
+    ProcWatch,
+    alive,
+    exe_name,
+    looks_like_python,
+)
 from revati.revatid.protocol import ErrorCode, ProtocolError
 from revati.revatid.timekeeper import Timekeeper
 from revati.revatid.trace import Trace
@@ -55,6 +61,16 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "seed": 0,
     "name": "",
 }
+
+
+@dataclass
+class Outsider:
+    """A child a participant started that will not join (not Python: a compiler, a shell, a
+    build tool), with its descendants; `lent`: its parent's slot counts a thread for it."""
+
+    tree: ProcessTree
+    parent: Participant
+    lent: bool = False
 
 
 @dataclass
@@ -143,7 +159,9 @@ class Session:
         self.timeline = GpuTimeline(lambda: _load_predictor(self.gpu, self.options), self.trace)
         self.timeline.synchronous = bool(_checked_spec(self.gpu).get("synchronous"))
         self.participants: dict[int, Participant] = {}  # by slot
-        self.expected: dict[int, float] = {}  # child pid -> monotonic time it was announced
+        # child pid -> (monotonic time it was announced, the participant that started it)
+        self.expected: dict[int, tuple[float, Participant]] = {}
+        self.outsiders: dict[int, Outsider] = {}  # announced children that will not join
         self.exited: list[dict[str, Any]] = []
         directory = _page_dir()
         self.page_path = str(directory / f"session-{self.id}")
@@ -153,6 +171,7 @@ class Session:
         self.page = Page(self.page_path, create=True, rate=rate, cpus=int(cpus))
         self.timekeeper = Timekeeper(
             self.page, lambda: self.participants.values(), loop, self.awaiting_joiners,
+            self.look_at_outsiders,
             grace_ns=int(self.options["grace_us"] * 1000),
             proc_check=bool(self.options["proc_check"]),
             on_jump=self.trace.jump)
@@ -184,17 +203,43 @@ class Session:
         self.log.info("participant.joined", pid=pid, role=role, name=name, slot=slot)
         return p
 
-    def expect(self, pid: int) -> None:
+    def expect(self, pid: int, parent: Participant) -> None:
         if all(p.pid != pid for p in self.participants.values()):
-            self.expected[pid] = time.monotonic()
+            self.expected[pid] = (time.monotonic(), parent)
 
     def awaiting_joiners(self) -> bool:
         """A child announced by a participant has not joined yet (and still may)."""
         now = time.monotonic()
-        for pid, since in list(self.expected.items()):
-            if now - since > JOIN_TIMEOUT_S or not alive(pid) or not looks_like_python(pid):
+        for pid, (since, parent) in list(self.expected.items()):
+            if not alive(pid):
                 del self.expected[pid]
+            elif now - since > JOIN_TIMEOUT_S or not looks_like_python(pid):
+                del self.expected[pid]
+                self.outsiders[pid] = Outsider(ProcessTree(pid), parent)
+                self.log.info("child.outsider", pid=pid, exe=exe_name(pid), parent=parent.pid)
         return bool(self.expected)
+
+    def look_at_outsiders(self) -> bool:
+        """Whether a child that will not join (or a descendant of one) computes: then its
+        parent counts one more running thread, so that the clock flows at real rate through
+        that work (program time, DESIGN rule 4) and never jumps over it; once the tree has
+        been still between two looks, the thread is given back. True while any computes."""
+        if not self.outsiders:
+            return False
+        participants = frozenset(p.pid for p in self.participants.values())
+        busy = False
+        for pid, o in list(self.outsiders.items()):
+            if self.participants.get(o.parent.slot) is not o.parent:  # its slot went with it
+                del self.outsiders[pid]
+                continue
+            computing = alive(pid) and o.tree.busy(participants)
+            if computing != o.lent:
+                self.page.slot_running(o.parent.slot, 1 if computing else -1)
+                o.lent = computing
+            if not alive(pid):
+                del self.outsiders[pid]
+            busy |= computing
+        return busy
 
     def leave(self, p: Participant, reason: str) -> None:
         if self.participants.get(p.slot) is not p:

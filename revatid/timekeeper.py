@@ -6,7 +6,9 @@ the earliest pending deadline. "Waits" is decided per participant:
          shows none of its threads runnable (a message in flight wakes its receiver first);
   proc   its slot says some thread runs, but the kernel shows every thread asleep and none
          scheduled between two samples: a wait Revati does not hook (waiting on I/O).
-A child that a participant started counts as running until it joins (or exits).
+A child that a participant started counts as running until it joins (or exits). One that will
+not join (not Python: a compiler, a shell) lends its parent a running thread, so the clock
+flows at real rate, while the kernel shows it or a descendant scheduled between two looks.
 A participant the daemon has just answered (a GPU sync) or whose deadline a jump has just
 reached counts as running until its activity counter moves: it is about to wake.
 When quiescence cannot be established, time flows at `rate` times real time (safe fallback).
@@ -54,12 +56,16 @@ class Quiet:
 class Timekeeper:
     def __init__(self, page: Page, members: Callable[[], Iterable[Member]],
                  loop: asyncio.AbstractEventLoop, joining: Callable[[], bool],
-                 grace_ns: int, proc_check: bool = True,
+                 outsiders: Callable[[], bool], grace_ns: int, proc_check: bool = True,
                  on_jump: Callable[[int, int], None] | None = None) -> None:
         self.page = page
         self.members = members
         self.loop = loop
         self.joining = joining
+        # looks at the children that will not join (lending a running thread to the parent
+        # of any that computes); True while some does
+        self.outsiders = outsiders
+        self._outsiders_busy = False
         self.grace_s = grace_ns / 1e9
         self.proc_check = proc_check
         self.on_jump = on_jump
@@ -136,6 +142,8 @@ class Timekeeper:
         and in that window its stat file says R while the run-queue counts leave it out."""
         if self.proc_check and softirq_pending():
             return False  # a message may be in flight in the kernel
+        if self._outsiders_busy:
+            return False  # a child that is no participant computes: program time
         for m, running in zip(quiet.members, quiet.running, strict=True):
             if running:
                 if not m.watch.asleep():
@@ -167,6 +175,7 @@ class Timekeeper:
         """Look for quiescence; jump once it has held for the grace interval."""
         if self._confirm.armed or self._stop.is_set():
             return
+        self._outsiders_busy = self.outsiders()
         quiet = self._slots()
         if quiet is None:
             if self._soon:
@@ -179,6 +188,7 @@ class Timekeeper:
         self._confirm.arm(self.grace_s, self._confirmed, quiet, self.grace_s)
 
     def _confirmed(self, before: Quiet, delay: float) -> None:
+        self._outsiders_busy = self.outsiders()
         quiet = self._slots()
         if quiet is None:
             if self._soon:

@@ -151,7 +151,8 @@ def quiet_timekeeper(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
         page.slot_deadline(0, page.now() + 10**9)
         members = [_Member(0, sleeper.pid)]
         tk = timekeeper.Timekeeper(page, lambda: members, loop,
-                                   joining=lambda: False, grace_ns=50_000, proc_check=True,
+                                   joining=lambda: False, outsiders=lambda: False,
+                                   grace_ns=50_000, proc_check=True,
                                    on_jump=lambda _b, _a: None)
         quiet = tk._slots()
         assert quiet is not None
@@ -191,3 +192,44 @@ def test_no_jump_while_a_participant_is_being_woken_on_an_idle_host(
     watch = quiet.members[0].watch
     monkeypatch.setattr(watch, "runnable", lambda: True)
     assert not tk._kernel_agrees(quiet)
+
+
+def _tree(command: str) -> subprocess.Popen:
+    proc = subprocess.Popen(["sh", "-c", command])
+    time.sleep(0.3)
+    return proc
+
+
+@pytest.mark.parametrize(("command", "busy"), [
+    ("sleep 30", False),
+    ("sh -c 'while :; do :; done'; sleep 30", True),  # a spinning grandchild
+    ("while :; do /bin/true; done", True),  # short-lived children, one after another
+])
+def test_a_process_tree_is_busy_while_any_of_it_computes(command: str, busy: bool) -> None:
+    """A child that never joins (a build tool under a participant): busy while a process of
+    its tree is scheduled, starts or ends between two looks; its first look is busy."""
+    proc = _tree(command)
+    try:
+        tree = procwatch.ProcessTree(proc.pid)
+        assert tree.busy(frozenset())  # nothing to compare with yet
+        assert all(tree.busy(frozenset()) == busy for _ in range(20))
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
+        proc.kill()
+        proc.wait()
+
+
+def test_a_participant_in_the_tree_is_left_to_its_slot() -> None:
+    """A Python participant under a shell is judged by its slot, not as the shell's work."""
+    proc = _tree(f"{sys.executable} -c 'while True: pass'")
+    try:
+        tree = procwatch.ProcessTree(proc.pid)
+        spinner = next(iter(procwatch._children(proc.pid)))
+        assert tree.busy(frozenset())
+        tree.busy(frozenset({spinner}))  # the tree it sees changed: busy
+        assert not any(tree.busy(frozenset({spinner})) for _ in range(20))
+        assert tree.busy(frozenset())
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
+        proc.kill()
+        proc.wait()

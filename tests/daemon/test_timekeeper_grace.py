@@ -43,6 +43,7 @@ def test_the_jump_comes_after_the_grace_interval_and_not_much_later(
         for _ in range(10):
             jumped = loop.create_future()
             tk = Timekeeper(page, lambda: members, loop, joining=lambda: False,
+                            outsiders=lambda: False,
                             grace_ns=grace_us * 1000, proc_check=False,
                             on_jump=lambda _b, _a, done=jumped: done.set_result(time.monotonic()))
             start = time.monotonic()

@@ -112,6 +112,37 @@ def spin_real(ms: str) -> dict:
             "real_ms": (_vclock.real_monotonic_ns() - r0) / 1e6}
 
 
+def outsider_child(ms: str) -> dict:
+    """A non-Python child computes for `ms` of real time (a spinning shell under `timeout`, as
+    a compiler under a build tool) while the parent waits for it and a thread sleeps for 100 s:
+    the child's work is program time, so the clock must flow through it, not jump 100 s."""
+    import subprocess
+    import threading
+
+    from revati.adapters.clock import _vclock
+
+    threading.Thread(target=time.sleep, args=(100,), daemon=True).start()
+    t0 = time.monotonic()
+    r0 = _vclock.real_monotonic_ns()
+    subprocess.run(["timeout", str(float(ms) / 1e3), "sh", "-c", "while :; do :; done"])
+    return {"virtual_ms": (time.monotonic() - t0) * 1e3,
+            "real_ms": (_vclock.real_monotonic_ns() - r0) / 1e6}
+
+
+def idle_outsider(seconds: str) -> dict:
+    """A non-Python child that only sleeps (a helper daemon) beside a sleep of `seconds`: the
+    clock still jumps."""
+    import subprocess
+
+    helper = subprocess.Popen(["sleep", "600"])
+    t0 = time.monotonic()
+    time.sleep(float(seconds))
+    slept = time.monotonic() - t0
+    helper.kill()
+    helper.wait()
+    return {"slept": slept}
+
+
 def unhooked_wait(seconds: str) -> dict:
     """Blocks in select.select (C, not hooked) while a child sleeps in virtual time."""
     r, w = os.pipe()

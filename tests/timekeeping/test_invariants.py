@@ -76,6 +76,21 @@ def test_busy_process_keeps_real_rate(daemon: Daemon) -> None:
     assert abs(out["virtual_ms"] - out["real_ms"]) < 0.05 * out["real_ms"]
 
 
+def test_a_child_that_is_no_participant_computes_in_program_time(daemon: Daemon) -> None:
+    """A non-Python child (a build tool and its compiler) never joins: while it computes, its
+    parent waits and another thread sleeps with a deadline 100 s away. Its work is program time
+    (DESIGN, rule 4), so the clock flows at real rate through it instead of jumping 100 s."""
+    out, _ = run_program(daemon, "outsider_child", "400")
+    assert out["real_ms"] >= 400
+    assert abs(out["virtual_ms"] - out["real_ms"]) < 0.1 * out["real_ms"], out
+
+
+def test_a_child_that_is_no_participant_and_sleeps_lets_the_clock_jump(daemon: Daemon) -> None:
+    out, summary = run_program(daemon, "idle_outsider", "30")
+    assert 30.0 <= out["slept"] < 30.01
+    assert summary["counters"]["wall_s"] < 10 and summary["counters"]["jumped_s"] > 29
+
+
 def test_unhooked_wait_falls_back_and_finishes(daemon: Daemon) -> None:
     """A wait in C that Revati does not hook (select.select) is seen through /proc."""
     out, summary = run_program(daemon, "unhooked_wait", "20")
