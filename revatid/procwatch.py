@@ -237,8 +237,9 @@ class ProcessTree:
     program's work, so the clock must not jump over it (DESIGN, rule 4), but nothing in them
     tells Revati when they wait. The kernel does: `busy()` is a tree-wide `asleep()`."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, root_counts: bool = True) -> None:
         self.pid = pid
+        self.root_counts = root_counts  # False: only its descendants are the tree's work
         self._last: tuple[frozenset[int], int] | None = None
 
     def busy(self, participants: frozenset[int]) -> bool:
@@ -247,14 +248,15 @@ class ProcessTree:
         pids, switches, stack = set(), 0, [self.pid]
         while stack:
             pid = stack.pop()
-            if pid in participants or pid in pids:
+            if pid in pids or (pid in participants and pid != self.pid):
                 continue
             pids.add(pid)
-            for tid in _tasks(pid):
-                if _state(pid, tid) in ("R", "D"):
-                    self._last = None
-                    return True
-                switches += _switches(pid, tid)
+            if pid != self.pid or self.root_counts:
+                for tid in _tasks(pid):
+                    if _state(pid, tid) in ("R", "D"):
+                        self._last = None
+                        return True
+                    switches += _switches(pid, tid)
             stack.extend(_children(pid))
         now = (frozenset(pids), switches)
         quiet = self._last == now

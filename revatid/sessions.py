@@ -82,9 +82,12 @@ class Participant:
     joined_wall: float
     pending_wake: int | None = None
     watch: ProcWatch = field(init=False)
+    # its descendants that are no participants, announced or not (os.system forks in C)
+    descendants: ProcessTree = field(init=False)
 
     def __post_init__(self) -> None:
         self.watch = ProcWatch(self.pid)
+        self.descendants = ProcessTree(self.pid, root_counts=False)
 
     def info(self, page: Page) -> dict[str, Any]:
         _pid, running, _activity, deadline, waits, _freezes = page.slot_read(self.slot)

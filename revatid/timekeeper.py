@@ -28,7 +28,7 @@ from typing import Protocol
 
 from revati.adapters.clock._vclock import NO_DEADLINE, Page
 from revati.revatid.precise_timer import PreciseTimer
-from revati.revatid.procwatch import ProcWatch, softirq_pending
+from revati.revatid.procwatch import ProcessTree, ProcWatch, softirq_pending
 
 WATCH_PERIOD_NS = 20_000_000  # re-check at least this often (for waits only /proc can see)
 JOIN_POLL_S = 0.001  # while a child has yet to join, look again this often
@@ -39,6 +39,7 @@ class Member(Protocol):
     pid: int
     pending_wake: int | None
     watch: ProcWatch
+    descendants: ProcessTree
 
 
 @dataclass
@@ -144,9 +145,16 @@ class Timekeeper:
             return False  # a message may be in flight in the kernel
         if self._outsiders_busy:
             return False  # a child that is no participant computes: program time
+        participants: frozenset[int] | None = None
         for m, running in zip(quiet.members, quiet.running, strict=True):
             if running:
                 if not m.watch.asleep():
+                    return False
+                # asleep in a wait Revati does not hook: maybe on a child nobody announced
+                # (os.system forks in C), whose work is program time
+                if participants is None:
+                    participants = frozenset(x.pid for x in quiet.members)
+                if m.descendants.busy(participants):
                     return False
             elif self.proc_check and m.watch.runnable():
                 return False

@@ -233,3 +233,24 @@ def test_a_participant_in_the_tree_is_left_to_its_slot() -> None:
         subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
         proc.kill()
         proc.wait()
+
+
+def test_a_participants_descendants_leave_its_own_threads_out() -> None:
+    """A participant's own threads are its slot's and its watch's to judge: its descendants'
+    tree counts only the processes below it."""
+    spinning_root = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '30'])\n"
+                               "while True: pass"])
+    idle_root = _tree("sh -c 'while :; do :; done'; sleep 30")
+    try:
+        time.sleep(0.3)
+        own = procwatch.ProcessTree(spinning_root.pid, root_counts=False)
+        own.busy(frozenset({spinning_root.pid}))
+        assert not any(own.busy(frozenset({spinning_root.pid})) for _ in range(20))
+        below = procwatch.ProcessTree(idle_root.pid, root_counts=False)
+        assert all(below.busy(frozenset({idle_root.pid})) for _ in range(20))
+    finally:
+        for proc in (spinning_root, idle_root):
+            subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
+            proc.kill()
+            proc.wait()

@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from revati.adapters.clock._vclock import Page
-from revati.revatid.procwatch import ProcWatch
+from revati.revatid.procwatch import ProcessTree, ProcWatch
 from revati.revatid.timekeeper import Timekeeper
 
 
@@ -24,9 +24,11 @@ class _Member:
     pid: int
     pending_wake: int | None = None
     watch: ProcWatch = field(init=False)
+    descendants: ProcessTree = field(init=False)
 
     def __post_init__(self) -> None:
         self.watch = ProcWatch(self.pid)
+        self.descendants = ProcessTree(self.pid, root_counts=False)
 
 
 @pytest.mark.parametrize("grace_us", [60, 300, 900])

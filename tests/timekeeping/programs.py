@@ -129,6 +129,21 @@ def outsider_child(ms: str) -> dict:
             "real_ms": (_vclock.real_monotonic_ns() - r0) / 1e6}
 
 
+def outsider_from_c(ms: str) -> dict:
+    """As outsider_child, but the child is started by C code (os.system), so nobody announces
+    it, and the parent waits in C (waitpid): /proc sees the parent asleep."""
+    import threading
+
+    from revati.adapters.clock import _vclock
+
+    threading.Thread(target=time.sleep, args=(100,), daemon=True).start()
+    t0 = time.monotonic()
+    r0 = _vclock.real_monotonic_ns()
+    os.system(f"timeout {float(ms) / 1e3} sh -c 'while :; do :; done'")
+    return {"virtual_ms": (time.monotonic() - t0) * 1e3,
+            "real_ms": (_vclock.real_monotonic_ns() - r0) / 1e6}
+
+
 def idle_outsider(seconds: str) -> dict:
     """A non-Python child that only sleeps (a helper daemon) beside a sleep of `seconds`: the
     clock still jumps."""

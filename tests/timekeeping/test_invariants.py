@@ -85,6 +85,14 @@ def test_a_child_that_is_no_participant_computes_in_program_time(daemon: Daemon)
     assert abs(out["virtual_ms"] - out["real_ms"]) < 0.1 * out["real_ms"], out
 
 
+def test_a_child_started_from_c_computes_in_program_time(daemon: Daemon) -> None:
+    """os.system: the child is announced by nobody and its parent waits in C, so /proc judges
+    the parent; its unannounced children's work keeps the clock at real rate all the same."""
+    out, _ = run_program(daemon, "outsider_from_c", "400")
+    assert out["real_ms"] >= 400
+    assert abs(out["virtual_ms"] - out["real_ms"]) < 0.1 * out["real_ms"], out
+
+
 def test_a_child_that_is_no_participant_and_sleeps_lets_the_clock_jump(daemon: Daemon) -> None:
     out, summary = run_program(daemon, "idle_outsider", "30")
     assert 30.0 <= out["slept"] < 30.01
