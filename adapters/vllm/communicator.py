@@ -6,7 +6,10 @@ created; each collective goes through the device group as the base communicator 
 virtual CUDA as a `c10d` op and becomes one rendezvous in revatid (NCCL's timing). The
 exception is a tensor-parallel group's all-reduce that production runs with its own kernel
 (custom all-reduce or FlashInfer's, both one-shot NVLink kernels): it becomes a
-CUSTOM_ALL_REDUCE rendezvous, unless `--disable-custom-all-reduce` asked for NCCL.
+CUSTOM_ALL_REDUCE rendezvous, unless `--disable-custom-all-reduce` asked for NCCL. Where
+production fuses the all-reduce with the residual-add RMSNorm after it (FlashInfer, under
+torch.compile: config.py), that norm launches nothing: the one kernel is timed as the
+all-reduce.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from vllm.distributed.device_communicators.base_device_communicator import (
 from vllm.distributed.device_communicators.cuda_communicator import CudaCommunicator
 
 from revati.adapters.cuda import distributed
+from revati.adapters.vllm import custom_ops
+from revati.adapters.vllm.config import allreduce_rms_fusion_bytes
 
 _FAST_PATHS = ("pynccl_comm", "ca_comm", "qr_comm", "symm_mem_comm", "fi_ar_comm",
                "fi_pcie_ipc_ar_comm", "aiter_ar_comm")
@@ -30,8 +35,11 @@ class RevatiCommunicator(CudaCommunicator):
         from vllm.distributed import parallel_state
 
         # as CudaCommunicator decides whether its fast all-reduce paths may exist
-        self.custom_all_reduce = self.unique_name.split(":")[0] == "tp" \
-            and parallel_state._ENABLE_CUSTOM_ALL_REDUCE
+        tp = self.unique_name.split(":")[0] == "tp"
+        self.custom_all_reduce = tp and parallel_state._ENABLE_CUSTOM_ALL_REDUCE
+        # all-reduces up to this size are fused with the RMSNorm after them in production
+        # (decided from the user's settings: config.py, record_allreduce_rms_fusion)
+        self.fused_norm_bytes = allreduce_rms_fusion_bytes() if tp else 0
         for name in _FAST_PATHS:
             setattr(self, name, None)
         self.use_custom_allreduce = False
@@ -42,7 +50,12 @@ class RevatiCommunicator(CudaCommunicator):
         self.use_aiter_ag_rs = False
 
     def all_reduce(self, input_: Any) -> Any:
-        if self.custom_all_reduce and distributed.custom_all_reduce(input_, self.device_group):
+        fused = 0 < input_.numel() * input_.element_size() <= self.fused_norm_bytes
+        custom_ops.fold_next_norm(None)
+        if (fused or self.custom_all_reduce) \
+                and distributed.custom_all_reduce(input_, self.device_group):
+            if fused:
+                custom_ops.fold_next_norm(input_)
             return input_  # no data moves; the kernel's output would be a new tensor
         return DeviceCommunicatorBase.all_reduce(self, input_)
 

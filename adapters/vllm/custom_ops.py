@@ -32,9 +32,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float,
     return out
 
 
+# (data pointer, elements) of the tensor a tensor-parallel all-reduce just reduced, when
+# production fuses that all-reduce with the residual-add RMSNorm after it (communicator.py)
+_folded_into_all_reduce: tuple[int, int] | None = None
+
+
+def fold_next_norm(reduced: torch.Tensor | None) -> None:
+    """The residual-add RMSNorm of `reduced`, if it comes next, is part of the all-reduce's
+    kernel (FlashInfer's all-reduce + RMSNorm fusion): it launches nothing of its own."""
+    global _folded_into_all_reduce
+    _folded_into_all_reduce = None if reduced is None else (reduced.data_ptr(), reduced.numel())
+
+
 def fused_add_rms_norm(x: torch.Tensor, x_residual: torch.Tensor, weight: torch.Tensor | None,
                        epsilon: float, variance_size: int | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    global _folded_into_all_reduce
+    folded, _folded_into_all_reduce = _folded_into_all_reduce, None
+    if folded is not None and folded == (x.data_ptr(), x.numel()):
+        return x, x_residual
     # in place, as the CUDA kernel: reads x and the residual, writes both
     _memory("vllm::fused_add_rms_norm", x, 4 * _bytes(x) + _bytes(weight), x.numel())
     return x, x_residual

@@ -146,7 +146,12 @@ class RevatiPlatform(Platform):
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
         from vllm.config.compilation import CompilationMode, CUDAGraphMode
 
+        from revati.adapters.vllm import config
+
         cc = vllm_config.compilation_config
+        # what production's compilation would fuse across an all-reduce, decided from the
+        # user's settings before they are overridden here
+        config.record_allreduce_rms_fusion(vllm_config)
         # No Dynamo/Inductor on virtual tensors: custom ops then run as Revati's fused
         # stand-ins (one launch each, as the compiled graph's fused kernels would be).
         cc.mode = CompilationMode.NONE

@@ -14,7 +14,7 @@ from vllm.v1.worker import gpu_worker
 from vllm.v1.worker.gpu_worker import Worker
 
 from revati.adapters import cuda
-from revati.adapters.vllm import custom_ops, forward_templates
+from revati.adapters.vllm import config, custom_ops, forward_templates
 
 
 def _no_kernel_warmup(worker: Any, **_: Any) -> None:
@@ -29,6 +29,10 @@ custom_ops.install()
 
 
 class RevatiWorker(Worker):
+    def __init__(self, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(vllm_config, *args, **kwargs)
+        config.load_allreduce_rms_fusion(vllm_config)  # for the communicators it makes
+
     def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager[Any]:
         # The cumem (sleep mode) allocator needs the driver's VMM API; virtual memory is
         # accounted by revati.adapters.cuda's allocator instead.

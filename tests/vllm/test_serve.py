@@ -178,6 +178,11 @@ def test_tensor_parallel_two_rendezvous_collectives(module_daemon: Daemon, tmp_p
     collectives = [e for e in demo.trace if e.get("cat") == "collective"]
     assert collectives, "no collective in the trace"
     assert "custom:all_reduce" in {e["name"] for e in collectives}
+    # and, as vLLM compiles by default for TP > 1 on Hopper, each is fused with the residual-
+    # add RMSNorm after it: a norm launches on its own only after an NCCL all-reduce (the
+    # profile run's, past the custom kernel's 8 MiB)
+    names = [e.get("name") for e in demo.trace if e.get("ph") == "X"]
+    assert names.count("vllm::fused_add_rms_norm") <= names.count("nccl:all_reduce")
     # both ranks' decode graphs ran: one GPU track per virtual device
     tracks = {(e.get("pid"), e.get("tid")) for e in demo.trace
               if e.get("ph") == "X" and e.get("name") == "cuda_graph"}
