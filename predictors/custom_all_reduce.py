@@ -30,9 +30,13 @@ class CustomAllReduceTimes:
     def covers(self, nbytes: int) -> bool:
         return nbytes <= self.max_bytes
 
+    def _rows(self, ranks: np.ndarray) -> np.ndarray:
+        """The measured GPU count each of `ranks` takes: the nearest at or above it."""
+        return np.minimum(np.searchsorted(self.ranks, ranks), len(self.ranks) - 1)
+
     def predict_ns(self, nbytes: np.ndarray, ranks: np.ndarray) -> np.ndarray:
         """Durations (ns) of all-reduces of `nbytes` (each covered) over `ranks` GPUs."""
-        row = np.minimum(np.searchsorted(self.ranks, ranks), len(self.ranks) - 1)
+        row = self._rows(ranks)
         x = np.log(np.maximum(nbytes, 1.0))
         out = np.empty(len(x))
         for i, log_us in enumerate(self.log_us):
@@ -42,8 +46,7 @@ class CustomAllReduceTimes:
 
     def largest_ns(self, ranks: np.ndarray) -> np.ndarray:
         """The time measured at the largest size, for `ranks` GPUs."""
-        row = np.minimum(np.searchsorted(self.ranks, ranks), len(self.ranks) - 1)
-        return np.exp(self.log_us[row, -1]) * 1e3
+        return np.exp(self.log_us[self._rows(ranks), -1]) * 1e3
 
 
 @cache

@@ -52,7 +52,7 @@ class Collective(IntEnum):
     BARRIER = 5
     # A serving framework's own all-reduce kernel (peer memory over NVLink, no NCCL), which
     # vLLM and SGLang run for a tensor-parallel group's small all-reduces (adapters/cuda/
-    # distributed.py, `framework_all_reduce`)
+    # distributed.py, `custom_all_reduce`)
     CUSTOM_ALL_REDUCE = 6
 
 

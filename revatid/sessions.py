@@ -235,11 +235,12 @@ class Session:
             if self.participants.get(o.parent.slot) is not o.parent:  # its slot went with it
                 del self.outsiders[pid]
                 continue
-            computing = alive(pid) and o.tree.busy(participants)
+            live = alive(pid)
+            computing = live and o.tree.busy(participants)
             if computing != o.lent:
                 self.page.slot_running(o.parent.slot, 1 if computing else -1)
                 o.lent = computing
-            if not alive(pid):
+            if not live:
                 del self.outsiders[pid]
             busy |= computing
         return busy

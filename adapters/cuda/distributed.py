@@ -105,7 +105,7 @@ _CUSTOM_ALL_REDUCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def custom_all_reduce(t: torch.Tensor, pg: Any) -> bool:
     """All-reduce `t` over the process group `pg` as the frameworks' own kernel does, if they
     would run it for this tensor (True); otherwise emit nothing (False: use NCCL's path)."""
-    nbytes = t.numel() * t.element_size()
+    nbytes = _nbytes(t)
     if type(t) is not tensor.VirtualTensor or t.dtype not in _CUSTOM_ALL_REDUCE_DTYPES \
             or nbytes > CUSTOM_ALL_REDUCE_MAX_BYTES or nbytes % 16 or not t.is_contiguous() \
             or pg.size() not in _CUSTOM_ALL_REDUCE_RANKS:
